@@ -1,0 +1,385 @@
+"""Typed configuration: dataclasses, YAML files with ``base:`` inheritance, key=value overrides.
+
+Every recipe number of SPEC.md has a key here; the defaults are the published R-50 1x COCO
+recipe. A YAML file mirrors the nesting of :class:`Config` and may name a ``base`` config (a
+shipped config name or a path) whose values it overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # ResNet depth: 18, 34, 50 or 101
+    pretrained: bool = True  # torchvision IMAGENET1K_V1 weights
+    frozen_stages: int = 1  # -1 none, 0 stem, 1 stem + layer1
+    norm_eval: bool = True  # BatchNorm statistics frozen
+
+
+@dataclass
+class FPNConfig:
+    channels: int = 256
+
+
+@dataclass
+class HeadConfig:
+    feat_channels: int = 256
+    num_convs: int = 4
+    ctr_channels: int = 64
+    num_ctr_convs: int = 3
+    gn_groups: int = 32
+    prior_prob: float = 0.01
+
+
+@dataclass
+class AssignConfig:
+    topk: int = 7
+    alpha: float = 0.8
+    center_radius: float = 1.5
+    soft_weight: float = 0.4
+    soft_t_start: float = 0.6  # soft-label ceiling at the first epoch
+    soft_t_end: float = 0.2  # ... and at the last
+
+
+@dataclass
+class LossConfig:
+    cls_weight: float = 1.0
+    bbox_weight: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int | None = None  # None: taken from the training dataset
+    assigner: str = "o2f"
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    size_divisor: int = 32
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class SplitConfig:
+    ann_file: str = ""
+    img_dir: str = ""
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=lambda: SplitConfig(
+        "data/coco/annotations/instances_train2017.json", "data/coco/train2017"))
+    val: SplitConfig = field(default_factory=lambda: SplitConfig(
+        "data/coco/annotations/instances_val2017.json", "data/coco/val2017"))
+    max_size: int = 1333  # long-side cap, train and test
+    train_short: list[int] = field(default_factory=lambda: [800, 800])  # short side lo..hi
+    test_short: int = 800
+    flip_prob: float = 0.5
+    batch_size: int = 2  # images per process
+    workers: int = 2  # loader processes per training process
+    strict: bool = False  # turn documented skips of bad data into errors
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01  # for base_batch_size images per step
+    base_batch_size: int = 16
+    scale_lr: bool = True  # lr * total batch / base_batch_size
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    norm_decay: float = 0.0  # weight decay of normalisation weights and biases
+    warmup_iters: int = 1000
+    warmup_ratio: float = 0.001
+    steps: list[int] = field(default_factory=lambda: [9, 12])  # 1-based epochs: lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    checkpoint_interval: int = 1  # epochs
+    val_interval: int = 1  # epochs; 0 disables validation during training
+    seed: int = 0
+    deterministic: bool = False
+    amp: bool = True  # mixed precision, on CUDA only
+    log_interval: int = 50  # iterations
+    max_iters_per_epoch: int = 0  # 0: the whole epoch (a cap is for smoke tests)
+    nonfinite: str = "error"  # error | skip: a step whose loss is NaN/inf
+
+
+@dataclass
+class TestConfig:
+    score_thr: float = 0.05
+    nms_pre: int = 1000
+    max_per_img: int = 100
+    nms: bool | None = None  # None: off for o2f/o2o, on for fcos
+    nms_iou: float = 0.6
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _resolve(name_or_path: str, relative_to: Path | None = None) -> Path:
+    candidates = [Path(name_or_path)]
+    if relative_to is not None:
+        candidates.append(relative_to / name_or_path)
+    candidates.append(CONFIG_DIR / f"{name_or_path}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(
+        f"config '{name_or_path}' is neither a file nor a shipped config "
+        f"({', '.join(available_configs())})"
+    )
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' configs form a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = _read_yaml(_resolve(str(base), path.parent), seen + (path.resolve(),))
+    return _merge(parent, data)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if dataclasses.is_dataclass(tp):
+            keys += _all_keys(tp, key + ".")
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise _unknown(f"{prefix}{k}")
+    defaults = cls()
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
+        else:
+            kwargs[name] = getattr(defaults, name)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a', 'b', 'c'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    key = ".".join(path)
+    if key not in _all_keys(Config):
+        raise _unknown(key)
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load_config(
+    name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Load a shipped config by name or a YAML path (None: the defaults), apply key=value
+    overrides, check types and values."""
+    data = _read_yaml(_resolve(name_or_path)) if name_or_path else {}
+    for text in overrides:
+        _set_path(data, *parse_override(text))
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {rule}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values with a message naming the key."""
+    m, d, o, t, te = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.test
+    _check(m.num_classes is None or m.num_classes >= 1, "model.num_classes", "must be >= 1",
+           m.num_classes)
+    _check(m.assigner in ("o2f", "o2o", "fcos"), "model.assigner", "must be o2f, o2o or fcos",
+           m.assigner)
+    _check(len(m.strides) == 5 and m.strides == sorted(m.strides), "model.strides",
+           "must be 5 increasing strides (P3..P7)", m.strides)
+    _check(len(m.pixel_mean) == 3, "model.pixel_mean", "must have 3 values", m.pixel_mean)
+    _check(len(m.pixel_std) == 3 and min(m.pixel_std) > 0, "model.pixel_std",
+           "must be 3 positive values", m.pixel_std)
+    _check(m.backbone.depth in (18, 34, 50, 101), "model.backbone.depth",
+           "must be 18, 34, 50 or 101", m.backbone.depth)
+    _check(-1 <= m.backbone.frozen_stages <= 4, "model.backbone.frozen_stages",
+           "must be in -1..4", m.backbone.frozen_stages)
+    for key, value in (("model.fpn.channels", m.fpn.channels),
+                       ("model.head.feat_channels", m.head.feat_channels),
+                       ("model.head.ctr_channels", m.head.ctr_channels),
+                       ("model.head.gn_groups", m.head.gn_groups)):
+        _check(value >= 1, key, "must be >= 1", value)
+    _check(m.head.feat_channels % m.head.gn_groups == 0, "model.head.gn_groups",
+           f"must divide model.head.feat_channels={m.head.feat_channels}", m.head.gn_groups)
+    _check(m.head.ctr_channels % m.head.gn_groups == 0, "model.head.gn_groups",
+           f"must divide model.head.ctr_channels={m.head.ctr_channels}", m.head.gn_groups)
+    _check(0 < m.head.prior_prob < 1, "model.head.prior_prob", "must be in (0, 1)",
+           m.head.prior_prob)
+    a = m.assign
+    _check(a.topk >= 1, "model.assign.topk", "must be >= 1", a.topk)
+    _check(0 <= a.alpha <= 1, "model.assign.alpha", "must be in [0, 1]", a.alpha)
+    _check(a.center_radius > 0, "model.assign.center_radius", "must be > 0", a.center_radius)
+    _check(0 <= a.soft_weight <= 1, "model.assign.soft_weight", "must be in [0, 1]",
+           a.soft_weight)
+    for key, value in (("model.assign.soft_t_start", a.soft_t_start),
+                       ("model.assign.soft_t_end", a.soft_t_end)):
+        _check(0 < value <= 1, key, "must be in (0, 1]", value)
+    _check(d.max_size >= 32, "data.max_size", "must be >= 32", d.max_size)
+    _check(len(d.train_short) == 2 and 1 <= d.train_short[0] <= d.train_short[1],
+           "data.train_short", "must be [lo, hi] with 1 <= lo <= hi", d.train_short)
+    _check(d.test_short >= 1, "data.test_short", "must be >= 1", d.test_short)
+    _check(0 <= d.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]", d.flip_prob)
+    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
+    _check(d.workers >= 0, "data.workers", "must be >= 0", d.workers)
+    _check(o.name in ("sgd", "adamw"), "optim.name", "must be sgd or adamw", o.name)
+    _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
+    _check(o.base_batch_size >= 1, "optim.base_batch_size", "must be >= 1", o.base_batch_size)
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
+    _check(o.norm_decay >= 0, "optim.norm_decay", "must be >= 0", o.norm_decay)
+    _check(o.warmup_iters >= 0, "optim.warmup_iters", "must be >= 0", o.warmup_iters)
+    _check(0 < o.warmup_ratio <= 1, "optim.warmup_ratio", "must be in (0, 1]", o.warmup_ratio)
+    _check(all(s >= 1 for s in o.steps) and o.steps == sorted(o.steps), "optim.steps",
+           "must be increasing 1-based epochs", o.steps)
+    _check(0 < o.gamma <= 1, "optim.gamma", "must be in (0, 1]", o.gamma)
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+           "must be two values in [0, 1)", o.betas)
+    _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
+    _check(t.checkpoint_interval >= 1, "train.checkpoint_interval", "must be >= 1",
+           t.checkpoint_interval)
+    _check(t.val_interval >= 0, "train.val_interval", "must be >= 0", t.val_interval)
+    _check(t.log_interval >= 1, "train.log_interval", "must be >= 1", t.log_interval)
+    _check(t.max_iters_per_epoch >= 0, "train.max_iters_per_epoch", "must be >= 0",
+           t.max_iters_per_epoch)
+    _check(t.nonfinite in ("error", "skip"), "train.nonfinite", "must be error or skip",
+           t.nonfinite)
+    _check(0 <= te.score_thr < 1, "test.score_thr", "must be in [0, 1)", te.score_thr)
+    _check(te.nms_pre >= 1, "test.nms_pre", "must be >= 1", te.nms_pre)
+    _check(te.max_per_img >= 1, "test.max_per_img", "must be >= 1", te.max_per_img)
+    _check(0 < te.nms_iou <= 1, "test.nms_iou", "must be in (0, 1]", te.nms_iou)
+    _check(te.batch_size >= 1, "test.batch_size", "must be >= 1", te.batch_size)
+
+
+def nms_enabled(cfg: Config) -> bool:
+    """test.nms, or the assigner's default (NMS only for the one-to-many fcos baseline)."""
+    return cfg.test.nms if cfg.test.nms is not None else cfg.model.assigner == "fcos"
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,63 @@
+"""Losses of SPEC §3, each returning the normalised loss before its loss weight.
+
+Both work in float32 whatever the autocast state, since BCE on probabilities is not safe in
+half precision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from o2f.boxes import pair_giou
+
+_LOG_FLOOR = -100.0  # torch.nn.functional.binary_cross_entropy clamps its logs here
+
+
+def _bce(p: Tensor, target: Tensor) -> Tensor:
+    log_p = torch.log(p).clamp(min=_LOG_FLOOR)
+    log_1mp = torch.log(1 - p).clamp(min=_LOG_FLOOR)
+    return -(target * log_p + (1 - target) * log_1mp)
+
+
+def soft_focal_loss(
+    scores: Tensor, labels: Tensor, soft_labels: Tensor, soft_weights: Tensor, avg_factor: float,
+    *, gamma: float = 2.0, neg_weight: float = 0.75,
+) -> Tensor:
+    """O2F classification loss on joint probabilities.
+
+    Every entry costs ``BCE(p, 0) * p**gamma * neg_weight``; the entry (n, labels[n]) of each
+    assigned point is replaced by ``BCE(p, soft_labels[n]) * soft_weights[n]``.
+
+    Args:
+        scores: (N, C) joint probabilities p = sigmoid(cls) * sigmoid(ctr).
+        labels: (N,) int64 class of each point, C for background.
+        soft_labels, soft_weights: (N,) as the assigner returns them.
+        avg_factor: the normaliser (number of assigned points, at least 1).
+
+    Returns:
+        scalar loss.
+    """
+    p = scores.float()
+    loss = _bce(p, torch.zeros_like(p)) * p.pow(gamma) * neg_weight
+    num_classes = p.shape[1]
+    idx = (labels < num_classes).nonzero().squeeze(1)
+    if idx.numel():
+        cls = labels[idx]
+        pos = _bce(p[idx, cls], soft_labels[idx].float()) * soft_weights[idx].float()
+        loss = loss.index_put((idx, cls), pos)
+    return loss.sum() / avg_factor
+
+
+def giou_loss(
+    pred_boxes: Tensor, target_boxes: Tensor, weights: Tensor, avg_factor: float
+) -> Tensor:
+    """Weighted GIoU loss ``sum(weights * (1 - GIoU)) / avg_factor``.
+
+    Args:
+        pred_boxes, target_boxes: (M, 4) x1, y1, x2, y2.
+        weights: (M,) per-box weights (centerness targets).
+        avg_factor: the normaliser (sum of the weights over ranks, at least 1e-6).
+    """
+    giou = pair_giou(pred_boxes.float(), target_boxes.float())
+    return ((1 - giou) * weights.float()).sum() / avg_factor

@@ -1,0 +1,79 @@
+"""The O2F head: FCOS-style shared head whose centerness branch has its own small tower."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv_gn_relu(cin: int, cout: int, gn_groups: int) -> list[nn.Module]:
+    if cout % gn_groups:
+        raise ValueError(f"model.head.gn_groups={gn_groups} must divide {cout} channels")
+    conv = nn.Conv2d(cin, cout, 3, padding=1)
+    return [conv, nn.GroupNorm(gn_groups, cout), nn.ReLU(inplace=True)]
+
+
+def _tower(channels: Sequence[int], gn_groups: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for cin, cout in zip(channels[:-1], channels[1:], strict=True):
+        layers += _conv_gn_relu(cin, cout, gn_groups)
+    return nn.Sequential(*layers)
+
+
+class O2FHead(nn.Module):
+    """Shared head over all levels.
+
+    Args:
+        num_classes: C.
+        in_channels: channels of the FPN levels.
+        feat_channels: channels of both towers.
+        num_convs: conv-GN-ReLU blocks in each tower (4 in the recipe).
+        ctr_channels: channels of the centerness branch (64).
+        num_ctr_convs: conv-GN-ReLU blocks of the centerness branch (3).
+        strides: stride of each level; one learnable scale per level.
+        gn_groups: GroupNorm groups.
+        prior_prob: initial foreground probability of conv_cls.
+    """
+
+    def __init__(
+        self, num_classes: int, in_channels: int = 256, feat_channels: int = 256,
+        num_convs: int = 4, ctr_channels: int = 64, num_ctr_convs: int = 3,
+        strides: Sequence[int] = (8, 16, 32, 64, 128), gn_groups: int = 32,
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.strides = tuple(strides)
+        tower_channels = [in_channels] + [feat_channels] * num_convs
+        self.cls_convs = _tower(tower_channels, gn_groups)
+        self.reg_convs = _tower(tower_channels, gn_groups)
+        self.ctr_convs = _tower([feat_channels] + [ctr_channels] * num_ctr_convs, gn_groups)
+        self.conv_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
+        self.conv_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
+        self.conv_centerness = nn.Conv2d(ctr_channels if num_ctr_convs else feat_channels, 1, 3,
+                                         padding=1)
+        self.scales = nn.Parameter(torch.ones(len(self.strides)))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """feats [(B, in_channels, H_l, W_l)] -> per level lists of
+        cls logits (B, C, H_l, W_l), ltrb distances in pixels (B, 4, H_l, W_l),
+        centerness logits (B, 1, H_l, W_l)."""
+        if len(feats) != len(self.strides):
+            raise ValueError(f"head got {len(feats)} levels for strides {self.strides}")
+        cls_out, reg_out, ctr_out = [], [], []
+        for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
+            cls_feat = self.cls_convs(x)
+            reg_feat = self.reg_convs(x)
+            cls_out.append(self.conv_cls(cls_feat))
+            reg_out.append(F.relu(self.scales[level] * self.conv_reg(reg_feat)) * stride)
+            ctr_out.append(self.conv_centerness(self.ctr_convs(reg_feat)))
+        return cls_out, reg_out, ctr_out
