@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from o2f.config import Config, ConfigError, nms_enabled
+from pathlib import Path
+from typing import Any
+
+from o2f.config import Config, ConfigError, apply_overrides, load_config, nms_enabled
 from o2f.criterion import O2FCriterion
+from o2f.engine.checkpoint import config_from_checkpoint, load_checkpoint, load_model_weights
 from o2f.models import FPN, O2FDetector, O2FHead, ResNetBackbone
 
 
@@ -39,3 +43,24 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
         pixel_std=m.pixel_std, size_divisor=m.size_divisor, score_thr=t.score_thr,
         nms_pre=t.nms_pre, max_per_img=t.max_per_img, nms=nms_enabled(cfg), nms_iou=t.nms_iou,
     )
+
+
+def detector_from_checkpoint(
+    path: str | Path, config: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+) -> tuple[O2FDetector, Config, dict[str, Any]]:
+    """Rebuild a detector from a checkpoint (safe load) in eval mode.
+
+    The config is the one stored in the checkpoint unless ``config`` names another; overrides
+    apply on top. No ImageNet weights are downloaded: every weight comes from the checkpoint.
+
+    Returns:
+        model, config, meta (``class_names``, ``cat_ids``, ``num_classes`` when recorded).
+    """
+    state = load_checkpoint(path)
+    cfg = load_config(config) if config else config_from_checkpoint(state, path)
+    cfg = apply_overrides(cfg, [*overrides, "model.backbone.pretrained=false"])
+    meta = dict(state.get("meta", {}))
+    num_classes = meta.get("num_classes") or cfg.model.num_classes
+    model = build_detector(cfg, num_classes)
+    load_model_weights(model, state["model"], source=str(path))
+    return model.eval(), cfg, meta

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class BackboneConfig:
-    depth: int = 50  # ResNet depth: 18, 34, 50 or 101
+    depth: int = 50  # ResNet depth: 10 (CPU variant, random init), 18, 34, 50 or 101
     pretrained: bool = True  # torchvision IMAGENET1K_V1 weights
     frozen_stages: int = 1  # -1 none, 0 stem, 1 stem + layer1
     norm_eval: bool = True  # BatchNorm statistics frozen
@@ -300,6 +300,25 @@ def load_config(
     return cfg
 
 
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A new config: ``cfg`` with key=value overrides applied and validated."""
+    data = cfg.to_dict()
+    for text in overrides:
+        _set_path(data, *parse_override(text))
+    out = _build(Config, data)
+    validate(out)
+    return out
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """A validated :class:`Config` from plain data (e.g. the copy stored in a checkpoint)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a mapping")
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
 def _check(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' {rule}, got {value!r}")
@@ -317,8 +336,8 @@ def validate(cfg: Config) -> None:
     _check(len(m.pixel_mean) == 3, "model.pixel_mean", "must have 3 values", m.pixel_mean)
     _check(len(m.pixel_std) == 3 and min(m.pixel_std) > 0, "model.pixel_std",
            "must be 3 positive values", m.pixel_std)
-    _check(m.backbone.depth in (18, 34, 50, 101), "model.backbone.depth",
-           "must be 18, 34, 50 or 101", m.backbone.depth)
+    _check(m.backbone.depth in (10, 18, 34, 50, 101), "model.backbone.depth",
+           "must be 10, 18, 34, 50 or 101", m.backbone.depth)
     _check(-1 <= m.backbone.frozen_stages <= 4, "model.backbone.frozen_stages",
            "must be in -1..4", m.backbone.frozen_stages)
     for key, value in (("model.fpn.channels", m.fpn.channels),

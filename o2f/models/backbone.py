@@ -7,6 +7,7 @@ import torchvision
 from torch import Tensor, nn
 
 _RESNETS = {
+    10: ("resnet10", None),  # BasicBlock x [1, 1, 1, 1]: a light CPU variant, no ImageNet weights
     18: ("resnet18", "ResNet18_Weights"),
     34: ("resnet34", "ResNet34_Weights"),
     50: ("resnet50", "ResNet50_Weights"),
@@ -22,6 +23,11 @@ def _build_resnet(depth: int, pretrained: bool) -> nn.Module:
     if depth not in _RESNETS:
         raise ValueError(f"model.backbone.depth={depth} is not one of {sorted(_RESNETS)}")
     fn_name, weights_name = _RESNETS[depth]
+    if weights_name is None:
+        if pretrained:
+            raise ValueError(f"model.backbone.depth={depth} has no ImageNet weights; set "
+                             "model.backbone.pretrained=false")
+        return torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1] * 4)
     weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1 if pretrained else None
     try:
         return getattr(torchvision.models, fn_name)(weights=weights)
@@ -39,7 +45,7 @@ class ResNetBackbone(nn.Module):
     """ResNet ("pytorch" style: stride in the 3x3 conv) giving C3, C4, C5 (strides 8, 16, 32).
 
     Args:
-        depth: 18, 34, 50 or 101.
+        depth: 10 (BasicBlock x [1, 1, 1, 1], random init only), 18, 34, 50 or 101.
         pretrained: load torchvision's IMAGENET1K_V1 weights.
         frozen_stages: -1 freezes nothing, 0 the stem, k >= 1 the stem and layer1..layer_k
             (no gradient, always in eval mode).

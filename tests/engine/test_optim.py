@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from o2f.builders import build_detector
+from o2f.config import load_config
+from o2f.engine.optim import LRSchedule, build_optimizer, param_groups, scaled_lr
+
+
+def small_cfg(*extra):
+    return load_config("demo", ["model.backbone.depth=10", *extra])
+
+
+def test_no_weight_decay_on_normalisation_layers():
+    model = build_detector(small_cfg(), num_classes=3)
+    decay, no_decay = param_groups(model, 1e-4, 0.0)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert "backbone.stem.1.weight" in no_decay["names"]  # bn1
+    assert "head.cls_convs.1.bias" in no_decay["names"]  # GroupNorm
+    assert "head.cls_convs.0.weight" in decay["names"] and "head.scales" in decay["names"]
+    assert "head.conv_cls.bias" in decay["names"]
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert len(decay["names"]) + len(no_decay["names"]) == n_trainable
+
+
+def test_frozen_parameters_are_not_optimised():
+    cfg = load_config("r50_1x", ["model.backbone.pretrained=false"])
+    model = build_detector(cfg, num_classes=80)
+    names = {n for g in param_groups(model, 1e-4, 0.0) for n in g["names"]}
+    assert not any(n.startswith(("backbone.stem.", "backbone.layer1.")) for n in names)
+    assert "backbone.layer2.0.conv1.weight" in names and "backbone.layer2.0.bn1.weight" in names
+
+
+def test_lr_scales_linearly_with_the_total_batch():
+    cfg = load_config("r50_1x")
+    assert scaled_lr(cfg.optim, 16) == pytest.approx(0.01)
+    assert scaled_lr(cfg.optim, 4) == pytest.approx(0.0025)
+    opt = build_optimizer(build_detector(small_cfg(), 3), small_cfg().optim, 8)
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_warmup_and_step_schedule_1x():
+    s = LRSchedule(load_config("r50_1x").optim)  # warm-up 1000 from 0.001, x0.1 at 9 and 12
+    assert s.factor(0, 0) == pytest.approx(0.001)
+    assert s.factor(500, 0) == pytest.approx(1 - 0.5 * 0.999)
+    assert s.factor(1000, 0) == 1.0
+    assert s.factor(50_000, 7) == 1.0  # epoch 8 (1-based)
+    assert s.factor(60_000, 8) == pytest.approx(0.1)  # start of epoch 9
+    assert s.factor(80_000, 11) == pytest.approx(0.01)  # epoch 12
+    s3 = LRSchedule(load_config("r50_3x_ms").optim)
+    assert s3.factor(10**6, 23) == 1.0 and s3.factor(10**6, 24) == pytest.approx(0.1)
+    assert s3.factor(10**6, 33) == pytest.approx(0.01)
+
+
+def test_apply_sets_every_group():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.02)
+    s = LRSchedule(load_config("r50_1x").optim)
+    assert s.apply(opt, 0, 0) == pytest.approx(0.02 * 0.001)
+    assert s.apply(opt, 5000, 8) == pytest.approx(0.002)
+    assert all(g["lr"] == pytest.approx(0.002) for g in opt.param_groups)
