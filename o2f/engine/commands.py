@@ -30,9 +30,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     from o2f import distributed as du
     from o2f.builders import detector_from_checkpoint
     from o2f.engine.distributed_setup import cleanup_distributed, init_distributed
-    from o2f.engine.evaluate import coco_evaluate
+    from o2f.engine.evaluate import METRIC_KEYS, coco_evaluate, metrics_for_file
     from o2f.engine.logs import setup_logging, write_json
-    from o2f.engine.train import METRIC_KEYS, build_val_dataset
+    from o2f.engine.train import build_val_dataset
     from o2f.evaluation.coco import format_per_class_table
 
     _, _, device = init_distributed()
@@ -50,7 +50,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(format_per_class_table(metrics["per_class"]))
             print(" ".join(f"{k}={metrics[k]:.4f}" for k in METRIC_KEYS))
             if args.metrics_out:
-                write_json(Path(args.metrics_out), {k: metrics[k] for k in METRIC_KEYS})
+                write_json(Path(args.metrics_out), metrics_for_file(metrics))
             if args.results_out:
                 Path(args.results_out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.results_out).write_text(json.dumps(results))

@@ -46,7 +46,8 @@ def prediction_picture(model, dataset, device, path: Path, count: int = 8) -> No
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from o2f.config import load_config
-    from o2f.engine.train import METRIC_KEYS, Trainer
+    from o2f.engine.evaluate import METRIC_KEYS
+    from o2f.engine.train import Trainer
 
     start = time.perf_counter()
     data_dir = Path(args.data_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -9,6 +11,14 @@ from tqdm import tqdm
 
 from o2f import distributed as du
 from o2f.data import collate
+
+METRIC_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
+
+
+def metrics_for_file(metrics: dict) -> dict[str, float]:
+    """The six box metrics as fractions; a size range without ground truth (NaN from the
+    evaluator, -1 in pycocotools) is written as 0.0 so the file stays plain JSON."""
+    return {k: (0.0 if math.isnan(metrics[k]) else float(metrics[k])) for k in METRIC_KEYS}
 
 
 @torch.no_grad()

@@ -20,11 +20,9 @@ from o2f.config import Config, ConfigError, dump_config
 from o2f.data import CocoDetection, build_transforms, collate
 from o2f.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from o2f.engine.distributed_setup import init_distributed
-from o2f.engine.evaluate import coco_evaluate
+from o2f.engine.evaluate import METRIC_KEYS, coco_evaluate, metrics_for_file
 from o2f.engine.logs import get_logger, plot_loss_curve, setup_logging, write_json
 from o2f.engine.optim import LRSchedule, build_optimizer
-
-METRIC_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -283,7 +281,7 @@ class Trainer:
                 write_json(self.work_dir / "history.json", self.history)
             du.barrier()
         if self.main:
-            final = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
+            final = metrics_for_file(metrics) if metrics else {}
             write_json(self.work_dir / "metrics.json", {**final, "epochs": self.epoch,
                                                         "iterations": self.iteration,
                                                         "skipped_steps": self.skipped_steps})

@@ -1,0 +1,29 @@
+"""An interrupted-and-resumed run ends with the same weights as an uninterrupted one."""
+
+import torch
+
+from o2f.config import load_config
+from o2f.engine.checkpoint import load_checkpoint
+from o2f.engine.train import Trainer
+from tests.engine.conftest import tiny_overrides
+
+
+def run(paths, work, epochs, resume=False, *extra):
+    cfg = load_config("demo", tiny_overrides(
+        paths, f"train.epochs={epochs}", "train.max_iters_per_epoch=2", "train.val_interval=0",
+        "train.deterministic=true", "data.train_short=[96,128]", "optim.warmup_iters=3",
+        "optim.steps=[2]", *extra))
+    Trainer(cfg, work, resume=resume).run()
+    return load_checkpoint(work / "last.pth")
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_coco, tmp_path):
+    straight = run(tiny_coco, tmp_path / "straight", 2)
+    run(tiny_coco, tmp_path / "resumed", 1)  # "killed" after the first epoch's checkpoint
+    resumed = run(tiny_coco, tmp_path / "resumed", 2, True)
+    assert resumed["iteration"] == straight["iteration"] == 4
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    lr = [g["lr"] for g in resumed["optimizer"]["param_groups"]]
+    assert lr == [g["lr"] for g in straight["optimizer"]["param_groups"]]
+    assert [h["soft_t"] for h in resumed["history"]] == [h["soft_t"] for h in straight["history"]]
