@@ -12,14 +12,36 @@ from o2f.models import FPN, O2FDetector, O2FHead, ResNetBackbone
 
 
 def build_criterion(cfg: Config, num_classes: int):
-    m = cfg.model
-    if m.assigner != "o2f":
-        raise ConfigError(f"model.assigner={m.assigner!r} is not available yet (only 'o2f')")
-    a = m.assign
+    """The training criterion of ``model.assigner``: ``o2f`` (the paper), ``o2o`` (one-to-one,
+    k = 1 and no soft anchors) or ``fcos`` (one-to-many FCOS with its own losses).
+
+    ``model.loss.bbox_weight`` applies to every assigner; when it is None the assigner's recipe
+    value is used (2.0 for o2f / o2o, 1.0 for FCOS's GIoU recipe).
+    """
+    from o2f.criterion import RECIPE_BBOX_WEIGHT, FCOSCriterion, O2OCriterion
+
+    m, a = cfg.model, cfg.model.assign
+    if m.assigner not in RECIPE_BBOX_WEIGHT:
+        raise ConfigError(f"model.assigner={m.assigner!r}: expected o2f, o2o or fcos")
+    bbox_weight = m.loss.bbox_weight
+    if bbox_weight is None:
+        bbox_weight = RECIPE_BBOX_WEIGHT[m.assigner]
+    if m.assigner == "fcos":
+        return FCOSCriterion(
+            num_classes, center_radius=a.center_radius,
+            regress_ranges=tuple(tuple(r) for r in m.fcos.regress_ranges),
+            focal_alpha=m.fcos.focal_alpha, focal_gamma=m.fcos.focal_gamma,
+            cls_weight=m.loss.cls_weight, bbox_weight=bbox_weight, ctr_weight=m.loss.ctr_weight,
+        )
+    if m.assigner == "o2o":
+        return O2OCriterion(
+            num_classes, alpha=a.alpha, center_radius=a.center_radius,
+            cls_weight=m.loss.cls_weight, bbox_weight=bbox_weight,
+        )
     return O2FCriterion(
         num_classes, topk=a.topk, alpha=a.alpha, center_radius=a.center_radius,
         soft_weight=a.soft_weight, soft_t_start=a.soft_t_start, soft_t_end=a.soft_t_end,
-        cls_weight=m.loss.cls_weight, bbox_weight=m.loss.bbox_weight,
+        cls_weight=m.loss.cls_weight, bbox_weight=bbox_weight,
     )
 
 

@@ -60,7 +60,18 @@ class AssignConfig:
 @dataclass
 class LossConfig:
     cls_weight: float = 1.0
-    bbox_weight: float = 2.0
+    bbox_weight: float | None = None  # None: the assigner's recipe (2.0 o2f/o2o, 1.0 fcos)
+    ctr_weight: float = 1.0  # fcos only: its separate centerness BCE loss
+
+
+@dataclass
+class FCOSConfig:
+    """The one-to-many FCOS baseline (model.assigner=fcos)."""
+
+    regress_ranges: list[list[float]] = field(default_factory=lambda: [
+        [-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, float("inf")]])
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
 
 
 @dataclass
@@ -76,6 +87,7 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     assign: AssignConfig = field(default_factory=AssignConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    fcos: FCOSConfig = field(default_factory=FCOSConfig)
 
 
 @dataclass
@@ -360,6 +372,11 @@ def validate(cfg: Config) -> None:
     for key, value in (("model.assign.soft_t_start", a.soft_t_start),
                        ("model.assign.soft_t_end", a.soft_t_end)):
         _check(0 < value <= 1, key, "must be in (0, 1]", value)
+    ranges = m.fcos.regress_ranges
+    _check(len(ranges) == len(m.strides) and all(len(r) == 2 and r[0] < r[1] for r in ranges),
+           "model.fcos.regress_ranges", "must be one [lo, hi] with lo < hi per stride", ranges)
+    _check(m.loss.bbox_weight is None or m.loss.bbox_weight >= 0, "model.loss.bbox_weight",
+           "must be >= 0", m.loss.bbox_weight)
     _check(d.max_size >= 32, "data.max_size", "must be >= 32", d.max_size)
     _check(len(d.train_short) == 2 and 1 <= d.train_short[0] <= d.train_short[1],
            "data.train_short", "must be [lo, hi] with 1 <= lo <= hi", d.train_short)

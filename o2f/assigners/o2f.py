@@ -10,25 +10,19 @@ the dense definition because every pair outside the windows has quality 0 there.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from o2f.assigners.pairs import (
+    LevelGrid,
+    dense_pairs,
+    first_of_runs,
+    level_grids,
+    rank_in_runs,
+    sort_by,
+    window_pairs,
+)
 from o2f.boxes import pair_iou
-
-
-@dataclass(frozen=True)
-class LevelGrid:
-    """Layout of one level's points: index ``start + i * width + j`` is at (x0 + j s, y0 + i s)."""
-
-    start: int
-    height: int
-    width: int
-    stride: float
-    x0: float
-    y0: float
 
 
 def soft_label_ceiling(epoch: int, max_epoch: int, start: float = 0.6, end: float = 0.2) -> float:
@@ -37,85 +31,6 @@ def soft_label_ceiling(epoch: int, max_epoch: int, start: float = 0.6, end: floa
     if max_epoch <= 1:
         return start
     return start + (end - start) * epoch / (max_epoch - 1)
-
-
-def level_grids(points: Tensor, strides: Tensor, tol: float = 1e-3) -> list[LevelGrid] | None:
-    """Recover the grid of each level from points (N, 2) and strides (N,), or None when the points
-    are not regular row-major grids (the assigner then falls back to a dense candidate search)."""
-    if points.numel() == 0:
-        return []
-    values, counts = torch.unique_consecutive(strides, return_counts=True)
-    grids, start = [], 0
-    for s, n in zip(values.tolist(), counts.tolist(), strict=True):
-        pts = points[start : start + n]
-        width = int((pts[:, 1] == pts[0, 1]).sum())
-        if width == 0 or n % width:
-            return None
-        height = n // width
-        x0, y0 = pts[0].tolist()
-        xs = x0 + torch.arange(width, device=pts.device, dtype=pts.dtype) * s
-        ys = y0 + torch.arange(height, device=pts.device, dtype=pts.dtype) * s
-        grid = pts.view(height, width, 2)
-        if not (
-            torch.allclose(grid[..., 0], xs.expand(height, width), atol=tol * s, rtol=0)
-            and torch.allclose(grid[..., 1], ys[:, None].expand(height, width), atol=tol * s,
-                               rtol=0)
-        ):
-            return None
-        grids.append(LevelGrid(start, height, width, float(s), x0, y0))
-        start += n
-    return grids
-
-
-def _window_pairs(
-    grids: list[LevelGrid], gt_boxes: Tensor, center_radius: float
-) -> tuple[Tensor, Tensor]:
-    """(point, gt) index pairs covering every point within center_radius strides of each gt centre,
-    with one cell of margin on each side. Returns point_idx (P,), gt_idx (P,)."""
-    device = gt_boxes.device
-    num_gt = gt_boxes.shape[0]
-    centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-    size = math.ceil(2 * center_radius) + 2
-    offsets = torch.arange(size, device=device)
-    gt_ids = torch.arange(num_gt, device=device)[:, None, None].expand(num_gt, size, size)
-    point_ids, pair_gts = [], []
-    for g in grids:
-        radius = center_radius * g.stride
-        j0 = torch.floor((centers[:, 0] - radius - g.x0) / g.stride).long()
-        i0 = torch.floor((centers[:, 1] - radius - g.y0) / g.stride).long()
-        js = j0[:, None] + offsets  # (G, size)
-        is_ = i0[:, None] + offsets
-        valid = ((is_ >= 0) & (is_ < g.height))[:, :, None] & ((js >= 0) & (js < g.width))[:, None]
-        idx = g.start + is_[:, :, None] * g.width + js[:, None, :]
-        point_ids.append(idx[valid])
-        pair_gts.append(gt_ids[valid])
-    return torch.cat(point_ids), torch.cat(pair_gts)
-
-
-def _dense_pairs(num_points: int, num_gt: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    point_ids = torch.arange(num_points, device=device).repeat_interleave(num_gt)
-    return point_ids, torch.arange(num_gt, device=device).repeat(num_points)
-
-
-def _sort_by(keys: list[Tensor]) -> Tensor:
-    """Permutation ordering by keys[0], then keys[1], ... (all ascending, stable)."""
-    order = torch.argsort(keys[-1], stable=True)
-    for key in reversed(keys[:-1]):
-        order = order[torch.argsort(key[order], stable=True)]
-    return order
-
-
-def _first_of_runs(sorted_ids: Tensor) -> Tensor:
-    """Mask of the first element of each run of equal values in a sorted (P,) tensor."""
-    first = torch.ones_like(sorted_ids, dtype=torch.bool)
-    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    return first
-
-
-def _rank_in_runs(sorted_ids: Tensor) -> Tensor:
-    """0-based position of each element within its run of equal values (sorted (P,) input)."""
-    pos = torch.arange(sorted_ids.numel(), device=sorted_ids.device)
-    return pos - torch.searchsorted(sorted_ids, sorted_ids)
 
 
 @torch.no_grad()
@@ -156,9 +71,9 @@ def o2f_assign(
     if grids is None:
         grids = level_grids(points, strides)
     if grids is None:
-        point_idx, gt_idx = _dense_pairs(num_points, gt_boxes.shape[0], device)
+        point_idx, gt_idx = dense_pairs(num_points, gt_boxes.shape[0], device)
     else:
-        point_idx, gt_idx = _window_pairs(grids, gt_boxes, center_radius)
+        point_idx, gt_idx = window_pairs(grids, gt_boxes, center_radius)
 
     # Step 4: exact candidate test of each pair (centre square intersected with the gt box).
     px, py = points[point_idx, 0], points[point_idx, 1]
@@ -184,20 +99,20 @@ def o2f_assign(
     point_idx, gt_idx, prob, quality = point_idx[keep], gt_idx[keep], prob[keep], quality[keep]
 
     # Step 5: the top-k pairs of each gt by quality (ties: lower point index first).
-    order = _sort_by([gt_idx, -quality, point_idx])
+    order = sort_by([gt_idx, -quality, point_idx])
     point_idx, gt_idx, prob, quality = (t[order] for t in (point_idx, gt_idx, prob, quality))
-    picked = _rank_in_runs(gt_idx) < topk
+    picked = rank_in_runs(gt_idx) < topk
     point_idx, gt_idx, prob, quality = (t[picked] for t in (point_idx, gt_idx, prob, quality))
 
     # Step 6: a point picked by several gts goes to the largest quality (ties: lowest gt index).
-    order = _sort_by([point_idx, -quality, gt_idx])
-    winner = order[_first_of_runs(point_idx[order])]
+    order = sort_by([point_idx, -quality, gt_idx])
+    winner = order[first_of_runs(point_idx[order])]
     point_idx, gt_idx, prob, quality = (t[winner] for t in (point_idx, gt_idx, prob, quality))
 
     # Step 7: per gt, the best assigned point is the positive, the others are soft anchors.
-    order = _sort_by([gt_idx, -quality, point_idx])
+    order = sort_by([gt_idx, -quality, point_idx])
     point_idx, gt_idx, prob = point_idx[order], gt_idx[order], prob[order]
-    is_positive = _first_of_runs(gt_idx)
+    is_positive = first_of_runs(gt_idx)
     soft_max = torch.zeros(gt_boxes.shape[0], dtype=prob.dtype, device=device)
     soft_max.scatter_reduce_(0, gt_idx[~is_positive], prob[~is_positive], reduce="amax")
     soft = soft_t * prob / soft_max[gt_idx].clamp(min=torch.finfo(prob.dtype).tiny)

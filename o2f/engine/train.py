@@ -246,8 +246,9 @@ class Trainer:
                 window_n = 0
         bar.close()
         done = max(1, steps_ok)
+        soft_t = getattr(self.model.criterion, "soft_t", None)
         summary = {"epoch": epoch + 1, "iterations": num_iters,
-                   "seconds": time.perf_counter() - start, "soft_t": self.model.criterion.soft_t,
+                   "seconds": time.perf_counter() - start, "soft_t": soft_t,
                    **{k: v / done for k, v in sums.items()}}
         self.epoch += 1
         return summary
