@@ -3,3 +3,11 @@
 from o2f.version import __version__
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str):  # o2f.Detector, imported on first use (keeps `import o2f` light)
+    if name == "Detector":
+        from o2f.deploy.predict import Detector
+
+        return Detector
+    raise AttributeError(f"module 'o2f' has no attribute {name!r}")

@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from o2f.config import Config, ConfigError, apply_overrides, load_config, nms_enabled
+from o2f.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    nms_enabled,
+)
 from o2f.criterion import O2FCriterion
-from o2f.engine.checkpoint import config_from_checkpoint, load_checkpoint, load_model_weights
+from o2f.engine.checkpoint import CheckpointError, load_model_weights
 from o2f.models import FPN, O2FDetector, O2FHead, ResNetBackbone
 
 
@@ -70,19 +77,29 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
 def detector_from_checkpoint(
     path: str | Path, config: str | None = None, overrides: list[str] | tuple[str, ...] = (),
 ) -> tuple[O2FDetector, Config, dict[str, Any]]:
-    """Rebuild a detector from a checkpoint (safe load) in eval mode.
+    """Rebuild a detector in eval mode from a ``.pth`` checkpoint or a ``.safetensors`` file,
+    both read without unpickling arbitrary objects.
 
-    The config is the one stored in the checkpoint unless ``config`` names another; overrides
-    apply on top. No ImageNet weights are downloaded: every weight comes from the checkpoint.
+    The config is the one stored with the weights unless ``config`` (a name or a path; None or
+    "-" for the stored one) is given; overrides apply on top. No ImageNet weights are
+    downloaded: every weight comes from the file.
 
     Returns:
         model, config, meta (``class_names``, ``cat_ids``, ``num_classes`` when recorded).
     """
-    state = load_checkpoint(path)
-    cfg = load_config(config) if config else config_from_checkpoint(state, path)
+    from o2f.deploy.weights import read_weights
+
+    state, stored, meta = read_weights(path)
+    if config and config != "-":
+        cfg = load_config(config)
+    elif stored is not None:
+        cfg = config_from_dict(stored, f"{path} config")
+    else:
+        raise CheckpointError(f"{path} has no stored config; give the config explicitly")
     cfg = apply_overrides(cfg, [*overrides, "model.backbone.pretrained=false"])
-    meta = dict(state.get("meta", {}))
     num_classes = meta.get("num_classes") or cfg.model.num_classes
+    if not num_classes and "head.conv_cls.weight" in state:
+        num_classes = int(state["head.conv_cls.weight"].shape[0])
     model = build_detector(cfg, num_classes)
-    load_model_weights(model, state["model"], source=str(path))
-    return model.eval(), cfg, meta
+    load_model_weights(model, state, source=str(path))
+    return model.eval(), cfg, dict(meta)

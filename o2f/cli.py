@@ -11,6 +11,7 @@ import sys
 COMMANDS = [
     "o2f.engine.commands",
     "o2f.engine.demo",
+    "o2f.deploy.commands",
 ]
 
 

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-from o2f.config import Config, config_from_dict
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model."""
@@ -52,13 +50,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an o2f checkpoint (no 'model' entry)")
     return state
-
-
-def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
-    """The :class:`Config` stored in a checkpoint."""
-    if "config" not in state:
-        raise CheckpointError(f"{path} has no config; give the config explicitly")
-    return config_from_dict(state["config"], f"{path} config")
 
 
 def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
