@@ -38,8 +38,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_coco_json(ann_file: str | Path) -> dict:
-    """Read and validate a COCO-format annotation file.
+def load_coco_json(ann_file: str | Path, img_dir: str | Path | None = None) -> dict:
+    """Read and validate a COCO-format annotation file, or a CrowdHuman ``.odgt`` file
+    (converted with :func:`o2f.data.crowdhuman.odgt_to_coco`: full-body boxes, ignore regions
+    as crowd boxes; image sizes from the records or the images in ``img_dir``).
 
     Checks that ``images`` and ``categories`` (and ``annotations`` if present) are lists of
     objects with the required fields, that ids are integers and unique, that boxes are four
@@ -54,8 +56,13 @@ def load_coco_json(ann_file: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        if path.suffix == ".odgt":
+            from o2f.data.crowdhuman import odgt_to_coco
+
+            data = odgt_to_coco(path, img_dir)
+        else:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from e
     if not isinstance(data, dict):
@@ -198,7 +205,7 @@ class CocoDetection(Dataset):
         self.transforms = transforms
         self.train = train
 
-        data = load_coco_json(self.ann_file)
+        data = load_coco_json(self.ann_file, self.img_dir)
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

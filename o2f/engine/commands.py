@@ -26,11 +26,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_results(path: Path, results: list[dict]) -> None:
+    """COCO results as one JSON list, or CrowdHuman detections as ``.odgt`` (one record per
+    line) when the records carry an odgt ``ID``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if results and "dtboxes" in results[0]:
+        from o2f.data.crowdhuman import write_odgt
+
+        write_odgt(results, path)
+    else:
+        path.write_text(json.dumps(results))
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from o2f import distributed as du
     from o2f.builders import detector_from_checkpoint
     from o2f.engine.distributed_setup import cleanup_distributed, init_distributed
-    from o2f.engine.evaluate import METRIC_KEYS, coco_evaluate, metrics_for_file
+    from o2f.engine.evaluate import coco_evaluate, headline_keys, metrics_for_file
     from o2f.engine.logs import setup_logging, write_json
     from o2f.engine.train import build_val_dataset
     from o2f.evaluation.coco import format_per_class_table
@@ -47,13 +59,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         metrics, results = coco_evaluate(model.to(device), dataset, device,
                                          cfg.test.batch_size, cfg.data.workers)
         if du.is_main_process():
-            print(format_per_class_table(metrics["per_class"]))
-            print(" ".join(f"{k}={metrics[k]:.4f}" for k in METRIC_KEYS))
+            if "per_class" in metrics:
+                print(format_per_class_table(metrics["per_class"]))
+            print(" ".join(f"{k}={metrics[k]:.4f}" for k in headline_keys(metrics)))
             if args.metrics_out:
                 write_json(Path(args.metrics_out), metrics_for_file(metrics))
             if args.results_out:
-                Path(args.results_out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.results_out).write_text(json.dumps(results))
+                write_results(Path(args.results_out), results)
     finally:
         cleanup_distributed()
     return 0
@@ -74,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="config name or path; '-' uses the checkpoint's own config")
     p.add_argument("checkpoint")
     p.add_argument("--metrics-out", help="write bbox_mAP ... as JSON here")
-    p.add_argument("--results-out", help="write the detections in the COCO results format here")
+    p.add_argument("--results-out", help="write the detections here: the COCO results format, "
+                   "or an .odgt of detections for CrowdHuman data")
     _add_overrides(p)
     p.set_defaults(func=cmd_test)

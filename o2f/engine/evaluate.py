@@ -1,4 +1,5 @@
-"""Inference over a dataset, sharded across ranks and gathered, then COCO metrics."""
+"""Inference over a dataset, sharded across ranks and gathered, then COCO metrics (or the
+CrowdHuman metrics when the annotations are a CrowdHuman ``.odgt`` file)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,19 @@ from o2f import distributed as du
 from o2f.data import collate
 
 METRIC_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
+CROWDHUMAN_KEYS = ("AP", "mMR", "Recall", "JI")
+
+
+def headline_keys(metrics: dict) -> tuple[str, ...]:
+    """The metrics a run reports: COCO box AP, or CrowdHuman's AP / mMR / Recall / JI."""
+    return CROWDHUMAN_KEYS if "mMR" in metrics else METRIC_KEYS
 
 
 def metrics_for_file(metrics: dict) -> dict[str, float]:
-    """The six box metrics as fractions; a size range without ground truth (NaN from the
+    """The headline metrics as fractions; a COCO size range without ground truth (NaN from the
     evaluator, -1 in pycocotools) is written as 0.0 so the file stays plain JSON."""
-    return {k: (0.0 if math.isnan(metrics[k]) else float(metrics[k])) for k in METRIC_KEYS}
+    return {k: (0.0 if math.isnan(metrics[k]) else float(metrics[k]))
+            for k in headline_keys(metrics)}
 
 
 @torch.no_grad()
@@ -55,18 +63,34 @@ def run_inference(
 def coco_evaluate(
     model: nn.Module, dataset, device: torch.device, batch_size: int = 1, workers: int = 2,
 ) -> tuple[dict, list[dict]]:
-    """COCO box metrics of ``model`` on a :class:`o2f.data.CocoDetection` in eval mode.
+    """Metrics of ``model`` on a :class:`o2f.data.CocoDetection` in eval mode.
 
     Returns:
-        metrics (``bbox_mAP`` ... and ``per_class``; empty on ranks other than 0) and the
-        detections in the COCO results format with the dataset's own category ids.
+        metrics (empty on ranks other than 0) and the detections. For COCO-format data: the
+        ``bbox_mAP`` ... keys and ``per_class``, and detections in the COCO results format with
+        the dataset's own category ids. For CrowdHuman ``.odgt`` data: ``AP``, ``mMR``,
+        ``Recall``, ``JI`` (SPEC §7), and detections as ``.odgt`` records.
     """
     from o2f.evaluation.coco import detections_to_coco_results, evaluate_coco
 
     dets = run_inference(model, dataset, device, batch_size, workers)
     image_ids = list(dataset.ids)
+    if dataset.ann_file.suffix == ".odgt":
+        return _crowdhuman_metrics(dataset, [dets[i] for i in image_ids], image_ids)
     results = detections_to_coco_results([dets[i] for i in image_ids], image_ids,
                                          dataset.cat_ids)
     if not du.is_main_process():
         return {}, results
     return evaluate_coco(dataset.coco, results, image_ids), results
+
+
+def _crowdhuman_metrics(dataset, dets: list[dict], image_ids: list[int]) -> tuple[dict, list]:
+    from o2f.data.crowdhuman import detections_to_odgt, read_odgt
+    from o2f.evaluation.crowdhuman import evaluate_odgt
+
+    imgs = [dataset.coco.imgs[i] for i in image_ids]
+    records = detections_to_odgt(dets, [im["odgt_id"] for im in imgs],
+                                 [(im["height"], im["width"]) for im in imgs])
+    if not du.is_main_process():
+        return {}, records
+    return evaluate_odgt(read_odgt(dataset.ann_file), records), records

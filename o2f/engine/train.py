@@ -20,7 +20,7 @@ from o2f.config import Config, ConfigError, dump_config
 from o2f.data import CocoDetection, build_transforms, collate
 from o2f.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from o2f.engine.distributed_setup import init_distributed
-from o2f.engine.evaluate import METRIC_KEYS, coco_evaluate, metrics_for_file
+from o2f.engine.evaluate import coco_evaluate, headline_keys, metrics_for_file
 from o2f.engine.logs import get_logger, plot_loss_curve, setup_logging, write_json
 from o2f.engine.optim import LRSchedule, build_optimizer
 
@@ -257,10 +257,11 @@ class Trainer:
         metrics, _ = coco_evaluate(self.model, self.val_set, self.device,
                                    self.cfg.test.batch_size, self.cfg.data.workers)
         if self.main:
+            keys = headline_keys(metrics)
             self.log.info("epoch %d validation: %s", self.epoch,
-                          " ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS))
+                          " ".join(f"{k} {metrics[k]:.4f}" for k in keys))
             if self.tb is not None:
-                for k in METRIC_KEYS:
+                for k in keys:
                     self.tb.add_scalar(f"val/{k}", metrics[k], self.epoch)
         return metrics
 
@@ -273,7 +274,7 @@ class Trainer:
             last = self.epoch == cfg.epochs
             if self.val_set is not None and (last or self.epoch % cfg.val_interval == 0):
                 metrics = self.validate()
-                summary.update({k: metrics[k] for k in METRIC_KEYS if k in metrics})
+                summary.update(metrics_for_file(metrics) if metrics else {})
             self.history.append(summary)
             if last or self.epoch % cfg.checkpoint_interval == 0:
                 self.save()

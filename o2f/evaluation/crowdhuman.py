@@ -85,7 +85,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from o2f.evaluation.crowdhuman_io import read_odgt, write_odgt
+from o2f.data.crowdhuman import read_odgt, write_odgt
 from o2f.evaluation.matching import RowSubsetMatcher
 
 __all__ = [

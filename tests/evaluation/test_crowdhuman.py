@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
+from o2f.data.crowdhuman import write_odgt
 from o2f.evaluation.crowdhuman import EPS, JI_SCORE_THRESHOLDS, MR_FPPI_POINTS, evaluate_odgt
-from o2f.evaluation.crowdhuman_io import write_odgt
 from tests.evaluation import literal_crowdhuman as literal
 
 

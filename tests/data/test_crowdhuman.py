@@ -6,14 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from o2f.evaluation import evaluate_odgt
-from o2f.evaluation.crowdhuman_io import (
+from o2f.data.crowdhuman import (
     coco_to_odgt,
     detections_to_odgt,
     odgt_to_coco,
     read_odgt,
     write_odgt,
 )
+from o2f.evaluation import evaluate_odgt
 
 RECORDS = [
     {
