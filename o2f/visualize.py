@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import colorsys
+import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,23 +23,44 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
     return out
 
 
+MIN_PICTURE_SIDE = 640  # small images are enlarged so that the labels stay readable
+
+
+@functools.cache
+def _label_font() -> str | None:
+    """A TrueType font for labels (matplotlib ships DejaVu Sans); None: PIL's bitmap font."""
+    try:
+        from matplotlib import font_manager
+
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception:  # matplotlib missing or broken: the small default font still works
+        return None
+
+
 def draw_detections(
     image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor, names: Sequence[str],
     score_thr: float = 0.3,
 ) -> Tensor:
-    """Boxes with "name score" labels on a uint8 (3, H, W) image -> uint8 (3, H, W).
+    """Boxes with "name score" labels on a uint8 (3, H, W) image -> uint8 (3, kH, kW).
 
-    Only detections with score >= ``score_thr`` are drawn, the most confident on top.
+    Only detections with score >= ``score_thr`` are drawn, the most confident on top. An image
+    whose long side is under ``MIN_PICTURE_SIDE`` is enlarged by an integer factor k first.
     """
+    k = max(1, math.ceil(MIN_PICTURE_SIDE / max(image.shape[-2:])))
+    if k > 1:
+        image = image.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+        boxes = boxes * k
     keep = (scores >= score_thr).nonzero().squeeze(1).flip(0)
     if keep.numel() == 0:
         return image.clone()
     colors = class_colors(len(names))
     lab = labels[keep].tolist()
     text = [f"{names[c]} {s:.2f}" for c, s in zip(lab, scores[keep].tolist(), strict=True)]
-    width = max(1, round(max(image.shape[-2:]) / 300))
+    side = max(image.shape[-2:])
+    font = _label_font()
     return draw_bounding_boxes(image, boxes[keep].float(), text, [colors[c] for c in lab],
-                               width=width)
+                               width=max(2, round(side / 320)), font=font,
+                               font_size=max(11, round(side / 55)) if font else None)
 
 
 def save_image(image: Tensor, path: str | Path) -> None:
