@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 from o2f.data import resized_size
 from o2f.deploy.predict import Detector, find_images
+from o2f.visualize import MIN_PICTURE_SIDE
 from tests.deploy.conftest import CLASS_NAMES
 
 
@@ -107,6 +109,7 @@ def test_cli_predict_folder(cli, tiny_checkpoint, image_folder, tmp_path, capsys
         assert scores == sorted(scores, reverse=True) and all(s > 0.2 for s in scores)
         assert all(d["name"] in CLASS_NAMES for d in data["detections"])
         assert all(0 <= d["box"][0] <= d["box"][2] <= w for d in data["detections"])
-        with Image.open(out / f"{stem}.png") as picture:
-            assert picture.size == (w, h) and picture.mode == "RGB"
+        with Image.open(out / f"{stem}.png") as picture:  # small images are enlarged k times
+            k = math.ceil(MIN_PICTURE_SIDE / max(w, h))
+            assert picture.size == (k * w, k * h) and picture.mode == "RGB"
     assert not (out / "broken.json").exists()
