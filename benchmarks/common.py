@@ -256,8 +256,10 @@ def markdown_table(rows: Iterable[dict[str, Any]], targets: dict[str, str] | Non
         if row.get("mem_ours_mb") is not None or row.get("mem_baseline_mb") is not None:
             mem = (f"{_fmt(row.get('mem_ours_mb'))} / {_fmt(row.get('mem_baseline_mb'))} "
                    f"({_fmt(row.get('mem_ratio'))})")
+        ratio = row.get("ratio")
+        ratio_text = f"{ratio:.3f}" if ratio is not None and 0.1 <= ratio < 10 else _fmt(ratio)
         cells = [row["name"], _fmt(o * scale if o is not None else None),
-                 _fmt(b * scale if b is not None else None), _fmt(row.get("ratio")), unit, mem,
+                 _fmt(b * scale if b is not None else None), ratio_text, unit, mem,
                  (targets or {}).get(row["name"], "-"), (verdicts or {}).get(row["name"], "-"),
                  str(row.get("note", ""))]
         lines.append("| " + " | ".join(cells) + " |")

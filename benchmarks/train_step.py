@@ -53,12 +53,12 @@ QUICK_R50 = (384, 640)
 
 
 def compare(variant: str, quick: bool, memory: bool, threads: int,
-            size: tuple[int, int] | None = None) -> dict:
+            size: tuple[int, int] | None = None, repeats: int | None = None) -> dict:
     """One interleaved ours-vs-torchvision training comparison, as a row."""
     h, w = size or (None, None)
     ours = train_workload("ours", variant, h, w)
     base = train_workload("tv", variant, h, w)
-    reps = 2 if quick else 5
+    reps = repeats or (2 if quick else 5)
     t = interleaved(ours["step"], base["step"], repeats=reps, warmup=1, min_sample_s=0.0)
     batch, height, width = ours["batch"], ours["height"], ours["width"]
     extra = {"threads": threads, "repeats": reps, "batch": batch, "image": f"{height}x{width}",
@@ -79,7 +79,7 @@ def compare(variant: str, quick: bool, memory: bool, threads: int,
         cfg, name = small_config()
         model = (f"{name} config (R-{cfg.model.backbone.depth}, {cfg.model.fpn.channels} ch) vs "
                  "torchvision FCOS same widths")
-    quick_note = " (quick: reduced input)" if size else ""
+    quick_note = " (reduced input)" if size else ""
     extra["note"] = f"batch {batch} at {height}x{width}{quick_note}; {model}"
     return result(f"train_step_{variant}", t.ours_median, t.baseline_median, "s", **extra)
 
@@ -118,15 +118,18 @@ def assign_share(quick: bool, threads: int, num_gt: int = 300,
                        f"{height}x{width}; ours = assign s, baseline = step s")
 
 
-def run(quick: bool = False, only: tuple[str, ...] = NAMES, memory: bool = True) -> list[dict]:
+def run(quick: bool = False, only: tuple[str, ...] = NAMES, memory: bool = True,
+        r50_size: tuple[int, int] | None = None, repeats: int | None = None) -> list[dict]:
+    """``r50_size``: (H, W) of the R-50 rows (default 800x1333, quick 384x640)."""
     threads = setup_threads()
+    r50_size = r50_size or (QUICK_R50 if quick else None)
     rows = []
     if "train_step_r50" in only:
-        rows.append(emit(compare("r50", quick, memory, threads, QUICK_R50 if quick else None)))
+        rows.append(emit(compare("r50", quick, memory, threads, r50_size, repeats)))
     if "train_step_small" in only:
-        rows.append(emit(compare("small", quick, memory, threads)))
+        rows.append(emit(compare("small", quick, memory, threads, repeats=repeats)))
     if "assign_share_g300" in only:
-        rows.append(emit(assign_share(quick, threads, size=QUICK_R50 if quick else None)))
+        rows.append(emit(assign_share(quick, threads, size=r50_size)))
     torch.set_num_threads(threads)
     return rows
 
@@ -136,8 +139,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", nargs="+", default=list(NAMES))
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--r50-size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--repeats", type=int, default=None)
     a = p.parse_args(argv)
-    rows = run(a.quick, tuple(a.only), memory=not a.no_memory)
+    rows = run(a.quick, tuple(a.only), memory=not a.no_memory,
+               r50_size=tuple(a.r50_size) if a.r50_size else None, repeats=a.repeats)
     print(markdown_table(rows))
     return rows
 

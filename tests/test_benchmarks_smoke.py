@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import assign
-from benchmarks.common import markdown_table, peak_memory_mb, result
+from benchmarks.common import markdown_table, memory_fields, peak_memory_mb, result
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"name", "ours", "baseline", "ratio", "unit"}
@@ -34,15 +34,20 @@ def test_assign_script_prints_json_lines_and_a_table():
     assert "| assign_g10 |" in out.stdout
 
 
-def test_assign_run_in_process_with_memory(capsys):
-    rows = assign.run(quick=True, gts=(10,), height=96, width=128, memory=True, repeats=1,
+def test_assign_run_in_process(capsys):
+    rows = assign.run(quick=True, gts=(10,), height=96, width=128, memory=False, repeats=1,
                       devices=("cpu",))
     check_row(rows[0], "assign_g10")
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["name"] == "assign_g10"
-    assert rows[0]["mem_ours_mb"] is not None and rows[0]["mem_baseline_mb"] is not None
-    assert rows[0]["mem_ratio"] == pytest.approx(rows[0]["mem_ours_mb"]
-                                                 / rows[0]["mem_baseline_mb"])
+    assert printed == json.loads(json.dumps(rows[0]))
+
+
+def test_peak_memory_in_a_child_process():
+    kw = {"num_gt": 10, "height": 96, "width": 128}
+    mem = peak_memory_mb("benchmarks.assign:assign_step", {"side": "literal", **kw})
+    assert mem["peak_mb"] is not None and 0 < mem["peak_mb"] < 500, mem
+    fields = memory_fields(mem, {"peak_mb": 2 * mem["peak_mb"], "method": mem["method"]})
+    assert fields["mem_ratio"] == pytest.approx(0.5)
 
 
 def test_result_ratio_and_table():
@@ -50,9 +55,4 @@ def test_result_ratio_and_table():
     assert row["ratio"] == 0.5
     assert result("y", None, 1.0, "s")["ratio"] is None
     table = markdown_table([row], {"x": "<= 1"}, {"x": "met"})
-    assert "| x | 2 | 4 | 0.5 | ms |" in table and "met" in table
-
-
-def test_peak_memory_child_reports_an_error_instead_of_raising():
-    res = peak_memory_mb("benchmarks.assign:no_such_function", {})
-    assert res["peak_mb"] is None and "no_such_function" in res["error"]
+    assert "| x | 2 | 4 | 0.500 | ms |" in table and "met" in table
