@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -41,13 +42,18 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _check_split_paths(cfg: Config, split: str) -> None:
+    s = getattr(cfg.data, split)
+    if not Path(s.ann_file).is_file():
+        raise ConfigError(f"data.{split}.ann_file: {s.ann_file} does not exist")
+    if not Path(s.img_dir).is_dir():
+        raise ConfigError(f"data.{split}.img_dir: {s.img_dir} is not a folder")
+
+
 def build_datasets(cfg: Config, with_val: bool) -> tuple[CocoDetection, CocoDetection | None]:
     d = cfg.data
-    for split, s in (("train", d.train),) + ((("val", d.val),) if with_val else ()):
-        if not Path(s.ann_file).is_file():
-            raise ConfigError(f"data.{split}.ann_file: {s.ann_file} does not exist")
-        if not Path(s.img_dir).is_dir():
-            raise ConfigError(f"data.{split}.img_dir: {s.img_dir} is not a folder")
+    for split in ("train", "val") if with_val else ("train",):  # before any slow loading
+        _check_split_paths(cfg, split)
     train_tf = build_transforms(True, d.max_size, tuple(d.train_short), d.flip_prob)
     train_set = CocoDetection(d.train.ann_file, d.train.img_dir, train_tf, train=True)
     val_set = build_val_dataset(cfg) if with_val else None
@@ -56,10 +62,7 @@ def build_datasets(cfg: Config, with_val: bool) -> tuple[CocoDetection, CocoDete
 
 def build_val_dataset(cfg: Config) -> CocoDetection:
     d = cfg.data
-    for key, path, is_dir in (("data.val.ann_file", d.val.ann_file, False),
-                              ("data.val.img_dir", d.val.img_dir, True)):
-        if not (Path(path).is_dir() if is_dir else Path(path).is_file()):
-            raise ConfigError(f"{key}: {path} does not exist")
+    _check_split_paths(cfg, "val")
     tf = build_transforms(False, d.max_size, (d.test_short, d.test_short), 0.0)
     return CocoDetection(d.val.ann_file, d.val.img_dir, tf, train=False)
 
@@ -171,15 +174,18 @@ class Trainer:
                       self.iteration)
 
     # -- training ----------------------------------------------------------------------------
-    def _check_finite(self, losses: dict[str, torch.Tensor]) -> bool:
-        """True when every loss term is finite on every rank."""
-        values = torch.stack([v.detach().float() for v in losses.values()])
-        bad = (~torch.isfinite(values)).any().float()
-        if du.is_distributed():
+    def _finite_values(self, losses: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """The loss terms as floats (one host sync), or None when a term is NaN/inf on any
+        rank (then the step is skipped or, by default, training stops)."""
+        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()])
+                          .tolist(), strict=True))
+        bad = torch.tensor(float(not all(math.isfinite(v) for v in values.values())),
+                           device=self.device)
+        if du.is_distributed():  # every rank must take the same decision
             torch.distributed.all_reduce(bad)
         if bad.item() == 0:
-            return True
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            return values
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         if self.cfg.train.nonfinite == "error":
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.iteration} (epoch {self.epoch + 1}): "
@@ -188,7 +194,7 @@ class Trainer:
         self.skipped_steps += 1
         self.log.warning("skipping step %d with a non-finite loss (%s); %d skipped so far",
                          self.iteration, terms, self.skipped_steps)
-        return False
+        return None
 
     def train_epoch(self) -> dict[str, float]:
         cfg, epoch = self.cfg, self.epoch
@@ -216,13 +222,13 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 losses = self.ddp(images, targets)
             self.optimizer.zero_grad(set_to_none=True)
-            if self._check_finite(losses):
+            values = self._finite_values(losses)
+            if values is not None:
                 loss = sum(losses.values())
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                for k, v in losses.items():
-                    val = v.item()
+                for k, val in values.items():
                     sums[k] += val
                     window[k] += val
                 window_n += 1
