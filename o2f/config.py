@@ -75,6 +75,13 @@ class FCOSConfig:
 
 
 @dataclass
+class MaskConfig:
+    """CondInst-style instance masks on top of the detector (off: boxes only)."""
+
+    enabled: bool = False
+
+
+@dataclass
 class ModelConfig:
     num_classes: int | None = None  # None: taken from the training dataset
     assigner: str = "o2f"
@@ -88,6 +95,7 @@ class ModelConfig:
     assign: AssignConfig = field(default_factory=AssignConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
 
 
 @dataclass

@@ -20,7 +20,7 @@ def select_topk(
     cls_logits: Sequence[Tensor], ltrb: Sequence[Tensor], ctr_logits: Sequence[Tensor],
     points: Sequence[Tensor], image_sizes: Tensor, *, score_thr: float = 0.05,
     nms_pre: int = 1000, max_per_img: int = 100,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batched top-k selection over levels; padded output (score 0) where fewer pass.
 
     Args:
@@ -31,10 +31,12 @@ def select_topk(
         image_sizes: (B, 2) height, width of each unpadded image, to clip boxes to.
 
     Returns:
-        boxes (B, K, 4), scores (B, K), labels (B, K) int64, highest score first, with
-        K = min(max_per_img, candidates); entries with score <= score_thr have score 0.
+        boxes (B, K, 4), scores (B, K), labels (B, K) int64, point indices (B, K) int64 into
+        all levels' points concatenated, highest score first, with K = min(max_per_img,
+        candidates); entries with score <= score_thr have score 0.
     """
-    all_boxes, all_scores, all_labels = [], [], []
+    all_boxes, all_scores, all_labels, all_points = [], [], [], []
+    offset = 0
     for cls, reg, ctr, pts in zip(cls_logits, ltrb, ctr_logits, points, strict=True):
         num_classes = cls.shape[1]
         scores = (torch.sigmoid(_flatten(cls).float()) * torch.sigmoid(_flatten(ctr).float()))
@@ -46,15 +48,18 @@ def select_topk(
         all_boxes.append(decode_ltrb(pts[point_idx], reg))
         all_scores.append(torch.where(top_scores > score_thr, top_scores, 0.0))
         all_labels.append(top_idx % num_classes)
+        all_points.append(point_idx + offset)
+        offset += pts.shape[0]
     boxes, scores, labels = torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(
         all_labels, 1)
     scores, order = scores.topk(min(max_per_img, scores.shape[1]), dim=1)
     boxes = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4))
     labels = torch.gather(labels, 1, order)
+    point_idx = torch.gather(torch.cat(all_points, 1), 1, order)
     size = image_sizes.to(boxes.dtype)[:, None, :]  # (B, 1, 2) h, w
     limits = torch.stack((size[..., 1], size[..., 0], size[..., 1], size[..., 0]), dim=-1)
     boxes = torch.minimum(boxes.clamp(min=0), limits)
-    return boxes, scores, labels
+    return boxes, scores, labels, point_idx
 
 
 def nms_selection(

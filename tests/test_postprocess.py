@@ -25,10 +25,11 @@ def test_selection_threshold_top_per_level_and_final_topk():
     s1[0, 0, 0, 0] = 0.6
     cls, reg, ctr = make_maps([s0, s1])
     points = list(level_points([(2, 2), (1, 1)], [8, 16])[0].split([4, 1]))
-    boxes, scores, labels = select_topk(cls, reg, ctr, points, torch.tensor([[100, 100]]),
-                                        score_thr=0.05, nms_pre=2, max_per_img=3)
+    boxes, scores, labels, idx = select_topk(cls, reg, ctr, points, torch.tensor([[100, 100]]),
+                                             score_thr=0.05, nms_pre=2, max_per_img=3)
     torch.testing.assert_close(scores[0], torch.tensor([0.9, 0.6, 0.3]))
     assert labels[0].tolist() == [1, 0, 0]
+    assert idx[0].tolist() == [1, 4, 2]  # level 0 points 0..3 row-major, then level 1 point 0
     torch.testing.assert_close(boxes[0, 0], torch.tensor([10.0, 2.0, 14.0, 6.0]))
     torch.testing.assert_close(boxes[0, 1], torch.tensor([6.0, 6.0, 10.0, 10.0]))
 
@@ -37,8 +38,8 @@ def test_nms_pre_limits_each_level():
     s0 = torch.tensor([0.9, 0.8, 0.7, 0.6]).view(1, 1, 2, 2)
     cls, reg, ctr = make_maps([s0])
     points = [level_points([(2, 2)], [8])[0]]
-    _, scores, _ = select_topk(cls, reg, ctr, points, torch.tensor([[100, 100]]), nms_pre=2,
-                               max_per_img=10)
+    _, scores, _, _ = select_topk(cls, reg, ctr, points, torch.tensor([[100, 100]]), nms_pre=2,
+                                  max_per_img=10)
     torch.testing.assert_close(scores[0], torch.tensor([0.9, 0.8]))
 
 
@@ -46,7 +47,8 @@ def test_boxes_are_clipped_to_the_image():
     s0 = torch.full((1, 1, 1, 1), 0.9)
     cls, reg, ctr = make_maps([s0])
     reg[0][:] = 100.0
-    boxes, _, _ = select_topk(cls, reg, ctr, [torch.tensor([[4.0, 4.0]])], torch.tensor([[30, 50]]))
+    boxes, _, _, _ = select_topk(cls, reg, ctr, [torch.tensor([[4.0, 4.0]])],
+                                 torch.tensor([[30, 50]]))
     torch.testing.assert_close(boxes[0, 0], torch.tensor([0.0, 0.0, 50.0, 30.0]))
 
 

@@ -111,7 +111,7 @@ class ExportableDetector(nn.Module):
             sel_ctr.append(F.pad(_flat(ctr[g]), (0, dummies), value=_DUMMY_LOGIT))
             sel_ltrb.append(F.pad(_flat(ltrb[g]), (0, dummies)))
             sel_points.append(F.pad(pts, (0, 0, 0, dummies)))
-        boxes, scores, labels = select_topk(
+        boxes, scores, labels, _ = select_topk(
             sel_cls, sel_ltrb, sel_ctr, sel_points, sizes, score_thr=self.score_thr,
             nms_pre=self.nms_pre, max_per_img=self.max_per_img,
         )

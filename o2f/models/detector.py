@@ -113,7 +113,7 @@ class O2FDetector(nn.Module):
     def postprocess(self, cls, ltrb, ctr, points, sizes, targets=None) -> list[dict[str, Tensor]]:
         """Per-image detections from the maps (see :func:`o2f.postprocess.select_topk`)."""
         keep = 10**9 if self.nms else self.max_per_img  # NMS needs every candidate
-        boxes, scores, labels = select_topk(
+        boxes, scores, labels, _ = select_topk(
             cls, ltrb, ctr, points, sizes, score_thr=self.score_thr, nms_pre=self.nms_pre,
             max_per_img=keep,
         )
