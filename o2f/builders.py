@@ -15,7 +15,7 @@ from o2f.config import (
 )
 from o2f.criterion import O2FCriterion
 from o2f.engine.checkpoint import CheckpointError, load_model_weights
-from o2f.models import FPN, O2FDetector, O2FHead, ResNetBackbone
+from o2f.models import FPN, O2FDetector, O2FHead, ResNetBackbone, SwinBackbone
 
 
 def build_criterion(cfg: Config, num_classes: int):
@@ -59,7 +59,10 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
     if not num_classes:
         raise ConfigError("model.num_classes is not set and no dataset gave it")
     b = m.backbone
-    backbone = ResNetBackbone(b.depth, b.pretrained, b.frozen_stages, b.norm_eval)
+    if b.name == "swin_t":
+        backbone = SwinBackbone(b.pretrained, b.frozen_stages, b.drop_path)
+    else:
+        backbone = ResNetBackbone(b.depth, b.pretrained, b.frozen_stages, b.norm_eval)
     neck = FPN(backbone.out_channels, m.fpn.channels, num_extra=len(m.strides) - 3)
     h = m.head
     head = O2FHead(
@@ -71,7 +74,39 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
         backbone, neck, head, build_criterion(cfg, num_classes), pixel_mean=m.pixel_mean,
         pixel_std=m.pixel_std, size_divisor=m.size_divisor, score_thr=t.score_thr,
         nms_pre=t.nms_pre, max_per_img=t.max_per_img, nms=nms_enabled(cfg), nms_iou=t.nms_iou,
+        **(build_mask_modules(cfg, num_classes) if m.mask.enabled else {}),
     )
+
+
+def build_mask_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The CondInst-style mask modules of ``model.mask`` as :class:`O2FDetector` keyword
+    arguments: mask branch on P3-P5, controller on the regression tower, dynamic mask head,
+    mask criterion and test threshold."""
+    from o2f.criterion import CondInstMaskLoss
+    from o2f.models.dynamic_mask_head import DynamicMaskHead, controller_conv
+    from o2f.models.mask_branch import MaskBranch
+
+    m, k = cfg.model, cfg.model.mask
+    if m.assigner not in ("o2f", "o2o"):
+        raise ConfigError(f"model.mask.enabled needs model.assigner o2f or o2o, got "
+                          f"{m.assigner!r}")
+    mask_head = DynamicMaskHead(
+        k.num_bases, k.dynamic_channels, k.dynamic_layers, k.sizes_of_interest,
+        feat_stride=m.strides[0], out_stride=k.out_stride, rel_coords=k.rel_coords,
+    )
+    return {
+        "mask_branch": MaskBranch(
+            m.fpn.channels, k.branch_channels, k.branch_convs, k.num_bases, m.strides[:3],
+            num_classes=num_classes if k.sem_weight > 0 else 0, prior_prob=m.head.prior_prob,
+        ),
+        "controller": controller_conv(m.head.feat_channels, mask_head.num_params),
+        "mask_head": mask_head,
+        "mask_criterion": CondInstMaskLoss(
+            num_classes, dice_weight=k.dice_weight, sem_weight=k.sem_weight,
+            max_proposals=k.max_proposals, center_from_mask=k.center_from_mask,
+        ),
+        "mask_thr": k.mask_thr,
+    }
 
 
 def detector_from_checkpoint(

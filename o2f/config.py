@@ -26,10 +26,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class BackboneConfig:
+    name: str = "resnet"  # resnet | swin_t
     depth: int = 50  # ResNet depth: 10 (CPU variant, random init), 18, 34, 50 or 101
     pretrained: bool = True  # torchvision IMAGENET1K_V1 weights
-    frozen_stages: int = 1  # -1 none, 0 stem, 1 stem + layer1
-    norm_eval: bool = True  # BatchNorm statistics frozen
+    frozen_stages: int = 1  # -1 none, 0 stem (Swin: patch embedding), 1 + layer1 (Swin: stage 1)
+    norm_eval: bool = True  # BatchNorm statistics frozen (ResNet only; Swin has no BatchNorm)
+    drop_path: float = 0.2  # Swin only: stochastic depth rate of the last block
 
 
 @dataclass
@@ -76,9 +78,26 @@ class FCOSConfig:
 
 @dataclass
 class MaskConfig:
-    """CondInst-style instance masks on top of the detector (off: boxes only)."""
+    """CondInst-style instance masks (Tian et al., ECCV 2020) on the detector, trained with the
+    o2f (or o2o) assignment; off: boxes only. Defaults: AdelaiDet's CondInst and the o2f
+    authors' CondInst head (``E2ECondInstHead`` of their code), whose choices are noted."""
 
     enabled: bool = False
+    branch_channels: int = 128  # mask branch on P3-P5: conv3x3-BN-ReLU per level, then a tower
+    branch_convs: int = 4  # tower convs of the mask branch
+    num_bases: int = 8  # mask branch outputs, at the P3 stride
+    dynamic_channels: int = 8  # hidden channels of the dynamic 1x1 convs
+    dynamic_layers: int = 3  # dynamic 1x1 convs (169 controller outputs with 8/8/3)
+    rel_coords: bool = True  # feed (point - location) / soi as 2 extra inputs
+    # soi per FPN level: CondInst's [64, 128, 256, 512] plus 2 x 512 for P7 (= 8 x stride)
+    sizes_of_interest: list[float] = field(
+        default_factory=lambda: [64.0, 128.0, 256.0, 512.0, 1024.0])
+    out_stride: int = 4  # masks predicted (and trained) at this stride
+    dice_weight: float = 2.0  # dice loss weight (the authors' code; CondInst uses 1.0)
+    sem_weight: float = 1.0  # auxiliary semantic focal loss on P3 (on in the authors' code); 0: off
+    center_from_mask: bool = True  # candidate regions centred on the mask's centre of mass
+    max_proposals: int = -1  # random cap on the points of the dice loss per batch; -1: all
+    mask_thr: float = 0.5  # test: mask probability threshold
 
 
 @dataclass
@@ -128,7 +147,7 @@ class OptimConfig:
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
-    norm_decay: float = 0.0  # weight decay of normalisation weights and biases
+    norm_decay: float = 0.0  # weight decay of norm layers and Swin relative-position tables
     warmup_iters: int = 1000
     warmup_ratio: float = 0.001
     steps: list[int] = field(default_factory=lambda: [9, 12])  # 1-based epochs: lr *= gamma
@@ -356,6 +375,10 @@ def validate(cfg: Config) -> None:
     _check(len(m.pixel_mean) == 3, "model.pixel_mean", "must have 3 values", m.pixel_mean)
     _check(len(m.pixel_std) == 3 and min(m.pixel_std) > 0, "model.pixel_std",
            "must be 3 positive values", m.pixel_std)
+    _check(m.backbone.name in ("resnet", "swin_t"), "model.backbone.name",
+           "must be resnet or swin_t", m.backbone.name)
+    _check(0 <= m.backbone.drop_path < 1, "model.backbone.drop_path", "must be in [0, 1)",
+           m.backbone.drop_path)
     _check(m.backbone.depth in (10, 18, 34, 50, 101), "model.backbone.depth",
            "must be 10, 18, 34, 50 or 101", m.backbone.depth)
     _check(-1 <= m.backbone.frozen_stages <= 4, "model.backbone.frozen_stages",
@@ -385,6 +408,7 @@ def validate(cfg: Config) -> None:
            "model.fcos.regress_ranges", "must be one [lo, hi] with lo < hi per stride", ranges)
     _check(m.loss.bbox_weight is None or m.loss.bbox_weight >= 0, "model.loss.bbox_weight",
            "must be >= 0", m.loss.bbox_weight)
+    _validate_mask(m)
     _check(d.max_size >= 32, "data.max_size", "must be >= 32", d.max_size)
     _check(len(d.train_short) == 2 and 1 <= d.train_short[0] <= d.train_short[1],
            "data.train_short", "must be [lo, hi] with 1 <= lo <= hi", d.train_short)
@@ -418,6 +442,30 @@ def validate(cfg: Config) -> None:
     _check(te.max_per_img >= 1, "test.max_per_img", "must be >= 1", te.max_per_img)
     _check(0 < te.nms_iou <= 1, "test.nms_iou", "must be in (0, 1]", te.nms_iou)
     _check(te.batch_size >= 1, "test.batch_size", "must be >= 1", te.batch_size)
+
+
+def _validate_mask(m: ModelConfig) -> None:
+    k = m.mask
+    if k.enabled:
+        _check(m.assigner in ("o2f", "o2o"), "model.assigner",
+               "must be o2f or o2o with model.mask.enabled (the mask loss needs the matched gt "
+               "of each point, which the fcos baseline does not give)", m.assigner)
+    for key, value, low in (("branch_channels", k.branch_channels, 1),
+                            ("branch_convs", k.branch_convs, 0), ("num_bases", k.num_bases, 1),
+                            ("dynamic_channels", k.dynamic_channels, 1),
+                            ("dynamic_layers", k.dynamic_layers, 1),
+                            ("out_stride", k.out_stride, 1)):
+        _check(value >= low, f"model.mask.{key}", f"must be >= {low}", value)
+    _check(m.strides[0] % k.out_stride == 0, "model.mask.out_stride",
+           f"must divide the first stride {m.strides[0]}", k.out_stride)
+    _check(len(k.sizes_of_interest) == len(m.strides) and min(k.sizes_of_interest) > 0,
+           "model.mask.sizes_of_interest", f"must be {len(m.strides)} positive values (one per "
+           "stride)", k.sizes_of_interest)
+    _check(k.dice_weight >= 0, "model.mask.dice_weight", "must be >= 0", k.dice_weight)
+    _check(k.sem_weight >= 0, "model.mask.sem_weight", "must be >= 0", k.sem_weight)
+    _check(k.max_proposals == -1 or k.max_proposals >= 1, "model.mask.max_proposals",
+           "must be -1 (no cap) or >= 1", k.max_proposals)
+    _check(0 < k.mask_thr < 1, "model.mask.mask_thr", "must be in (0, 1)", k.mask_thr)
 
 
 def nms_enabled(cfg: Config) -> bool:

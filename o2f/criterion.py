@@ -3,11 +3,14 @@
 :class:`O2FCriterion` is the paper (SPEC §2-3); :class:`O2OCriterion` (one-to-one, POTO-style)
 and :class:`FCOSCriterion` (one-to-many FCOS) are the baselines that measure what one-to-few
 assignment buys. All three take the same inputs, so the detector does not know which it has.
+:class:`CondInstMaskLoss` adds the mask losses of a CondInst-style model on top of the o2f / o2o
+assignment (which can return the matched gt of each point).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +26,10 @@ from o2f.assigners import (
 )
 from o2f.boxes import centerness_target, decode_ltrb
 from o2f.distributed import reduce_mean
-from o2f.losses import giou_loss, soft_focal_loss
+from o2f.losses import dice_loss, giou_loss, soft_focal_loss
+
+if TYPE_CHECKING:
+    from o2f.models.dynamic_mask_head import DynamicMaskHead
 
 #: GIoU loss weight of each assigner's published recipe: o2f (SPEC §3) and the o2o baseline that
 #: shares its losses use 2.0; FCOS's centre-sampling / GIoU recipe uses 1.0.
@@ -57,14 +63,21 @@ class O2FCriterion:
     def assign(
         self, cls_logits: Tensor, ctr_logits: Tensor, pred_boxes: Tensor, points: Tensor,
         strides: Tensor, grids: Sequence[LevelGrid], targets: Sequence[dict],
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-image assignment stacked over the batch: (B, N), (B, N, 4), (B, N), (B, N)."""
+        with_gt_index: bool = False,
+    ) -> tuple[Tensor, ...]:
+        """Per-image assignment stacked over the batch: (B, N), (B, N, 4), (B, N), (B, N), and
+        with ``with_gt_index`` the matched gt row of each point (B, N) (-1: background).
+
+        A target may give ``centers`` (G, 2): the centres of the candidate regions instead of
+        the box centres (CondInst's mask centres of mass)."""
         results = [
             o2f_assign(
                 points, strides, cls_logits[b], ctr_logits[b], pred_boxes[b],
                 t["boxes"].to(pred_boxes), t["labels"].to(cls_logits.device), topk=self.topk,
                 alpha=self.alpha, center_radius=self.center_radius, soft_t=self.soft_t,
                 soft_weight=self.soft_weight, grids=list(grids),
+                gt_centers=t["centers"].to(pred_boxes) if "centers" in t else None,
+                return_gt_index=with_gt_index,
             )
             for b, t in enumerate(targets)
         ]
@@ -73,22 +86,27 @@ class O2FCriterion:
     def __call__(
         self, cls_logits: Tensor, ltrb: Tensor, ctr_logits: Tensor, points: Tensor,
         strides: Tensor, grids: Sequence[LevelGrid], targets: Sequence[dict],
-    ) -> dict[str, Tensor]:
+        return_gt_index: bool = False,
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]:
         """Losses of a batch.
 
         Args:
             cls_logits: (B, N, C); ltrb: (B, N, 4) pixels; ctr_logits: (B, N).
             points: (N, 2); strides: (N,); grids: the level layout of the points.
-            targets: per image dicts with ``boxes`` (G, 4) x1, y1, x2, y2 and ``labels`` (G,).
+            targets: per image dicts with ``boxes`` (G, 4) x1, y1, x2, y2 and ``labels`` (G,)
+                (and optionally ``centers``, see :meth:`assign`).
+            return_gt_index: also return the matched gt row of each point (B, N), -1 for
+                background (what the mask loss needs).
 
         Returns:
-            ``loss_cls`` and ``loss_bbox``, already multiplied by their weights.
+            ``loss_cls`` and ``loss_bbox``, already multiplied by their weights (and the gt
+            index with ``return_gt_index``).
         """
         cls_logits, ltrb, ctr_logits = cls_logits.float(), ltrb.float(), ctr_logits.float()
         pred_boxes = decode_ltrb(points, ltrb)
-        labels, box_targets, soft_labels, soft_weights = self.assign(
+        labels, box_targets, soft_labels, soft_weights, *gt_index = self.assign(
             cls_logits.detach(), ctr_logits.detach(), pred_boxes.detach(), points, strides,
-            grids, targets,
+            grids, targets, with_gt_index=return_gt_index,
         )
         scores = torch.sigmoid(cls_logits) * torch.sigmoid(ctr_logits)[..., None]
         labels, soft_labels, soft_weights = labels.flatten(), soft_labels.flatten(), \
@@ -107,7 +125,8 @@ class O2FCriterion:
                                   ctr_norm)
         else:
             loss_bbox = pred_boxes.sum() * 0.0
-        return {"loss_cls": self.cls_weight * loss_cls, "loss_bbox": self.bbox_weight * loss_bbox}
+        losses = {"loss_cls": self.cls_weight * loss_cls, "loss_bbox": self.bbox_weight * loss_bbox}
+        return (losses, gt_index[0]) if return_gt_index else losses
 
 
 class O2OCriterion(O2FCriterion):
@@ -226,3 +245,169 @@ class FCOSCriterion:
             "loss_bbox": self.bbox_weight * loss_bbox,
             "loss_ctr": self.ctr_weight * loss_ctr,
         }
+
+
+def _instance_masks(target: dict, index: int) -> Tensor:
+    masks = target.get("masks")
+    if masks is None:
+        raise ValueError(f"model.mask.enabled needs instance masks, but targets[{index}] has no "
+                         "'masks' (the dataset must load the annotations' segmentations)")
+    if masks.dim() != 3 or masks.shape[0] != target["boxes"].shape[0]:
+        raise ValueError(f"targets[{index}]['masks'] must be (G, h, w) with one mask per box "
+                         f"(G = {target['boxes'].shape[0]}), got {tuple(masks.shape)}")
+    return masks
+
+
+def mask_centers(masks: Tensor, boxes: Tensor) -> Tensor:
+    """Centre of mass of each mask, the box centre for an empty mask.
+
+    Args:
+        masks: (G, h, w) bool / uint8 instance masks in input pixels.
+        boxes: (G, 4) x1, y1, x2, y2 of the same instances.
+
+    Returns:
+        (G, 2) x, y float32 on the device of ``boxes``, with pixel (i, j) at (j + 0.5, i + 0.5),
+        the frame in which a box's centre is (x1 + x2) / 2.
+    """
+    m = masks.to(boxes.device)
+    cols = m.sum(1, dtype=torch.float32)  # (G, w)
+    rows = m.sum(2, dtype=torch.float32)  # (G, h)
+    area = cols.sum(1)
+    xs = torch.arange(cols.shape[1], device=m.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(rows.shape[1], device=m.device, dtype=torch.float32) + 0.5
+    com = torch.stack(((cols * xs).sum(1), (rows * ys).sum(1)), 1) / area.clamp(min=1)[:, None]
+    box_centers = (boxes[:, :2].float() + boxes[:, 2:].float()) / 2
+    return torch.where(area[:, None] > 0, com, box_centers)
+
+
+def sample_masks(masks: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
+    """Masks (G, h, w) at the image size -> (G, H', W') samples at rows and columns
+    ``stride // 2 + k * stride`` (CondInst's targets at the mask stride), zero beyond the image
+    (the batch padding); same dtype and device."""
+    start = stride // 2
+    sub = masks[:, start::stride, start::stride][:, : size[0], : size[1]]
+    out = masks.new_zeros((masks.shape[0], *size))
+    out[:, : sub.shape[1], : sub.shape[2]] = sub
+    return out
+
+
+def semantic_targets(masks: Tensor, labels: Tensor, num_classes: int, stride: int,
+                     size: tuple[int, int]) -> Tensor:
+    """CondInst's semantic targets of one image: (H', W') int64, at each location sampled as in
+    :func:`sample_masks` the label of the smallest (full-resolution area) mask covering it,
+    ``num_classes`` where none does."""
+    device = labels.device
+    if masks.shape[0] == 0:
+        return torch.full(size, num_classes, dtype=torch.long, device=device)
+    areas = masks.sum((1, 2), dtype=torch.float32).to(device)
+    cover = sample_masks(masks, stride, size).to(device).bool()
+    cost = torch.where(cover, areas[:, None, None], torch.tensor(float("inf"), device=device))
+    best, idx = cost.min(0)
+    return torch.where(torch.isfinite(best), labels[idx], torch.full_like(idx, num_classes))
+
+
+class CondInstMaskLoss:
+    """Mask losses of the CondInst-style head trained with one-to-few assignment.
+
+    - ``loss_mask``: :func:`o2f.losses.dice_loss` of the mask of every assigned point
+      (positives and soft anchors alike, unweighted by their o2f soft weight, as in the o2f
+      authors' CondInst head), predicted at the mask head's ``out_stride`` and compared with the
+      gt mask of the point's matched gt sampled by :func:`sample_masks`; summed and divided by
+      max(1, mean over ranks of the number of those points) (on one process: the authors' mean),
+      times ``dice_weight`` (2.0 in the authors' code).
+    - ``loss_sem`` (when the mask branch has a semantic head): sigmoid focal loss (alpha 0.25,
+      gamma 2) of the semantic logits against :func:`semantic_targets` at the mask-feature
+      stride, summed and divided by max(1, mean over ranks of the foreground locations), times
+      ``sem_weight``.
+
+    ``max_proposals`` >= 0 caps the points of the dice loss per batch with a random subset
+    (CondInst's MAX_PROPOSALS; -1, the authors' setting, keeps all). With ``center_from_mask``
+    :meth:`prepare_targets` gives the assigner each instance mask's centre of mass as the centre
+    of its candidate region (CondInst's and the authors' centre sampling).
+    """
+
+    def __init__(
+        self, num_classes: int, *, dice_weight: float = 2.0, sem_weight: float = 1.0,
+        max_proposals: int = -1, center_from_mask: bool = True, focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        self.num_classes = num_classes
+        self.dice_weight, self.sem_weight = dice_weight, sem_weight
+        self.max_proposals = max_proposals
+        self.center_from_mask = center_from_mask
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+
+    def prepare_targets(self, targets: Sequence[dict], device: torch.device) -> list[dict]:
+        """Copies of the targets with their ``masks`` on ``device`` (once, before every use)
+        and, with ``center_from_mask``, ``centers`` (G, 2): the masks' centres of mass for the
+        assigner. Checks that every target has one mask per box."""
+        out = []
+        for i, t in enumerate(targets):
+            masks = _instance_masks(t, i).to(device, non_blocking=True)
+            t = {**t, "masks": masks}
+            if self.center_from_mask:
+                t["centers"] = mask_centers(masks, t["boxes"].to(device))
+            out.append(t)
+        return out
+
+    def __call__(
+        self, mask_head: DynamicMaskHead, gt_index: Tensor, params: Tensor, mask_feats: Tensor,
+        sem_logits: Tensor | None, points: Tensor, point_soi: Tensor, targets: Sequence[dict],
+    ) -> dict[str, Tensor]:
+        """Mask losses of a batch.
+
+        Args:
+            mask_head: the :class:`o2f.models.dynamic_mask_head.DynamicMaskHead`.
+            gt_index: (B, N) matched gt row of each point, -1 for background.
+            params: (B, N, P) controller outputs of every point.
+            mask_feats: (B, num_bases, H, W) mask branch output at the mask head's feat_stride.
+            sem_logits: (B, C, H, W) semantic logits or None.
+            points: (N, 2) x, y; point_soi: (N,) size of interest of each point's level.
+            targets: per image dicts with ``masks`` (G, h, w) at the input image size, rows
+                aligned with ``boxes`` and ``labels``.
+
+        Returns:
+            ``loss_mask`` (and ``loss_sem``), already multiplied by their weights.
+        """
+        device = params.device
+        img_idx, pt_idx = (gt_index >= 0).nonzero(as_tuple=True)
+        if 0 <= self.max_proposals < img_idx.numel():
+            pick = torch.randperm(img_idx.numel(), device=device)[: self.max_proposals]
+            img_idx, pt_idx = img_idx[pick], pt_idx[pick]
+        count = torch.tensor(float(img_idx.numel()), device=device)
+        num = reduce_mean(count).clamp(min=1.0)
+        if img_idx.numel():
+            logits = mask_head(mask_feats, params[img_idx, pt_idx], img_idx, points[pt_idx],
+                               point_soi[pt_idx])
+            gt = self._gt_masks(targets, img_idx, gt_index[img_idx, pt_idx],
+                                mask_head.out_stride, tuple(logits.shape[-2:]))
+            loss_mask = dice_loss(torch.sigmoid(logits), gt).sum() / num
+        else:  # zero, but connected to the graph (every parameter still gets a gradient)
+            loss_mask = params.sum() * 0.0 + mask_feats.sum() * 0.0
+        losses = {"loss_mask": self.dice_weight * loss_mask}
+        if sem_logits is not None:
+            losses["loss_sem"] = self.sem_weight * self._semantic_loss(
+                sem_logits, targets, mask_head.feat_stride)
+        return losses
+
+    def _gt_masks(self, targets: Sequence[dict], img_idx: Tensor, gt_rows: Tensor, stride: int,
+                  size: tuple[int, int]) -> Tensor:
+        """(M, H', W') float target of each selected point: its gt's mask at ``stride``."""
+        sampled = [sample_masks(_instance_masks(t, i), stride, size).to(gt_rows.device)
+                   for i, t in enumerate(targets)]
+        counts = torch.tensor([0] + [s.shape[0] for s in sampled], device=gt_rows.device)
+        offsets = counts.cumsum(0)[:-1]
+        return torch.cat(sampled)[offsets[img_idx] + gt_rows].float()
+
+    def _semantic_loss(self, sem_logits: Tensor, targets: Sequence[dict], stride: int) -> Tensor:
+        num_classes = sem_logits.shape[1]
+        size = tuple(sem_logits.shape[-2:])
+        labels = torch.stack([
+            semantic_targets(_instance_masks(t, i), t["labels"].to(sem_logits.device),
+                             num_classes, stride, size)
+            for i, t in enumerate(targets)
+        ])  # (B, H, W)
+        onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].permute(0, 3, 1, 2)
+        num_fg = reduce_mean((labels < num_classes).sum().float()).clamp(min=1.0)
+        return sigmoid_focal_loss(sem_logits.float(), onehot.float(), alpha=self.focal_alpha,
+                                  gamma=self.focal_gamma, reduction="sum") / num_fg

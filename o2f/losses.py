@@ -61,3 +61,22 @@ def giou_loss(
     """
     giou = pair_giou(pred_boxes.float(), target_boxes.float())
     return ((1 - giou) * weights.float()).sum() / avg_factor
+
+
+def dice_loss(pred: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """CondInst's dice loss of each mask: ``1 - 2 sum(p g) / (sum(p^2) + sum(g^2) + eps)``.
+
+    The squared denominator and ``eps`` = 1e-5 (added to the denominator only) are those of
+    AdelaiDet's ``dice_coefficient``, which the o2f authors' CondInst head uses unchanged.
+
+    Args:
+        pred: (M, ...) mask probabilities in [0, 1].
+        target: (M, ...) binary (or soft) targets, same shape.
+
+    Returns:
+        (M,) per-mask losses in [0, 1] (float32), not reduced.
+    """
+    p, g = pred.float().flatten(1), target.float().flatten(1)
+    inter = (p * g).sum(1)
+    denom = (p * p).sum(1) + (g * g).sum(1) + eps
+    return 1 - 2 * inter / denom

@@ -39,7 +39,8 @@ def o2f_assign(
     pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, topk: int = 7,
     alpha: float = 0.8, center_radius: float = 1.5, soft_t: float = 0.6,
     soft_weight: float = 0.4, grids: list[LevelGrid] | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gt_centers: Tensor | None = None, return_gt_index: bool = False,
+) -> tuple[Tensor, ...]:
     """One-to-few assignment of one image (SPEC §2).
 
     Args:
@@ -52,12 +53,16 @@ def o2f_assign(
         gt_labels: (G,) int64 in [0, C).
         grids: the level layout of ``points`` when the caller already knows it
             (see :func:`level_grids`); derived from points and strides otherwise.
+        gt_centers: (G, 2) x, y centres of the candidate regions (step 4) instead of the box
+            centres (CondInst centres them on each instance mask's centre of mass).
+        return_gt_index: also return the matched gt of each point.
 
     Returns:
         labels (N,) int64, class of the assigned gt, C for background;
         box_targets (N, 4), the assigned gt box (zeros for background);
         soft_labels (N,), 1 for each gt's positive, in (0, soft_t] for soft anchors, else 0;
-        soft_weights (N,), 1 for positives, soft_weight for soft anchors, else 0.
+        soft_weights (N,), 1 for positives, soft_weight for soft anchors, else 0;
+        with ``return_gt_index``, gt_index (N,) int64, the assigned gt's row, -1 for background.
     """
     num_points, num_classes = cls_logits.shape
     device = cls_logits.device
@@ -65,21 +70,27 @@ def o2f_assign(
     box_targets = torch.zeros((num_points, 4), dtype=pred_boxes.dtype, device=device)
     soft_labels = torch.zeros(num_points, dtype=cls_logits.dtype, device=device)
     soft_weights = torch.zeros_like(soft_labels)
+    gt_index = torch.full((num_points,), -1, dtype=torch.long, device=device)
+    outputs = (labels, box_targets, soft_labels, soft_weights) + (
+        (gt_index,) if return_gt_index else ())
     if gt_boxes.shape[0] == 0 or num_points == 0:
-        return labels, box_targets, soft_labels, soft_weights
+        return outputs
 
     if grids is None:
         grids = level_grids(points, strides)
     if grids is None:
         point_idx, gt_idx = dense_pairs(num_points, gt_boxes.shape[0], device)
     else:
-        point_idx, gt_idx = window_pairs(grids, gt_boxes, center_radius)
+        point_idx, gt_idx = window_pairs(grids, gt_boxes, center_radius, gt_centers)
 
     # Step 4: exact candidate test of each pair (centre square intersected with the gt box).
     px, py = points[point_idx, 0], points[point_idx, 1]
     radius = strides[point_idx] * center_radius
     gt = gt_boxes[gt_idx]
-    cx, cy = (gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2
+    if gt_centers is None:
+        cx, cy = (gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2
+    else:
+        cx, cy = gt_centers[gt_idx, 0], gt_centers[gt_idx, 1]
     inside = (
         (px - torch.maximum(cx - radius, gt[:, 0]) > 0)
         & (py - torch.maximum(cy - radius, gt[:, 1]) > 0)
@@ -123,4 +134,5 @@ def o2f_assign(
     soft_weights[point_idx] = torch.where(
         is_positive, torch.ones_like(soft), torch.full_like(soft, soft_weight)
     )
-    return labels, box_targets, soft_labels, soft_weights
+    gt_index[point_idx] = gt_idx
+    return outputs

@@ -56,13 +56,16 @@ def level_grids(points: Tensor, strides: Tensor, tol: float = 1e-3) -> list[Leve
 
 
 def window_pairs(
-    grids: list[LevelGrid], gt_boxes: Tensor, center_radius: float
+    grids: list[LevelGrid], gt_boxes: Tensor, center_radius: float,
+    centers: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(point, gt) index pairs covering every point within center_radius strides of each gt centre,
-    with one cell of margin on each side. Returns point_idx (P,), gt_idx (P,)."""
+    """(point, gt) index pairs covering every point within center_radius strides of each gt centre
+    (``centers`` (G, 2) x, y, default the box centres), with one cell of margin on each side.
+    Returns point_idx (P,), gt_idx (P,)."""
     device = gt_boxes.device
     num_gt = gt_boxes.shape[0]
-    centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    if centers is None:
+        centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
     size = math.ceil(2 * center_radius) + 2
     offsets = torch.arange(size, device=device)
     gt_ids = torch.arange(num_gt, device=device)[:, None, None].expand(num_gt, size, size)

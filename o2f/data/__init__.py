@@ -4,6 +4,7 @@ from o2f.data.coco import (
     CocoDetection,
     category_ids_from_labels,
     collate,
+    decode_segmentation,
     load_coco_json,
     load_rgb_image,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "build_transforms",
     "category_ids_from_labels",
     "collate",
+    "decode_segmentation",
     "draw_scene",
     "generate_synthetic_coco",
     "load_coco_json",

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import math
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -142,7 +145,7 @@ def load_rgb_image(path: str | Path, image_id: int | None = None) -> Image.Image
 
 def _usable_boxes(
     data: dict, image_ids: list[int], label_of: dict[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[int]], np.ndarray]:
     """Training targets of every image, as one flat array with per-image offsets.
 
     Drops crowd boxes, boxes with w < 1 or h < 1 and boxes with no overlap with the image;
@@ -151,7 +154,10 @@ def _usable_boxes(
     Returns:
         boxes float32 (M, 4) x1, y1, x2, y2 grouped by image (in ``image_ids`` order);
         labels int64 (M,); offsets int64 (len(image_ids) + 1,): image i owns rows
-        offsets[i]:offsets[i + 1].
+        offsets[i]:offsets[i + 1]; and the annotation ids of the dropped non-crowd boxes that
+        are bad data rather than recipe filters: ``non_positive`` (w <= 0 or h <= 0) and
+        ``outside`` (no overlap with the image); rows int64 (M,): the index in
+        ``data["annotations"]`` of each box (to find its mask).
     """
     pos_of = {img_id: i for i, img_id in enumerate(image_ids)}
     imgs = {img["id"]: img for img in data["images"]}
@@ -170,12 +176,89 @@ def _usable_boxes(
     x2 = np.clip(xywh[:, 0] + xywh[:, 2], 0, w_img)
     y2 = np.clip(xywh[:, 1] + xywh[:, 3], 0, h_img)
     keep = ~crowd & (xywh[:, 2] >= 1) & (xywh[:, 3] >= 1) & (x2 > x1) & (y2 > y1)
+    non_positive = ~crowd & ((xywh[:, 2] <= 0) | (xywh[:, 3] <= 0))
+    outside = ~crowd & ~non_positive & ((x2 <= x1) | (y2 <= y1))
+    ann_ids = np.array([a["id"] for a in anns], dtype=np.int64)
+    bad = {"non_positive": ann_ids[non_positive].tolist(), "outside": ann_ids[outside].tolist()}
 
     order = np.argsort(pos[keep], kind="stable")
     boxes = np.stack((x1, y1, x2, y2), axis=1)[keep][order].astype(np.float32)
     counts = np.bincount(pos[keep], minlength=len(image_ids))
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return boxes.reshape(-1, 4), labels[keep][order], offsets
+    rows = np.flatnonzero(keep)[order].astype(np.int64)
+    return boxes.reshape(-1, 4), labels[keep][order], offsets, bad, rows
+
+
+def segmentation_problem(segm: Any, height: int, width: int) -> str | None:
+    """Why ``segm`` is not a usable instance mask of a ``height`` x ``width`` image (None: it is).
+
+    Usable: polygons (a non-empty list of lists of x, y coordinates, each with at least 3
+    points), an uncompressed RLE (``{"size": [h, w], "counts": [int, ...]}`` whose counts sum
+    to h * w) or a compressed RLE (``counts`` a string), its ``size`` the image's [h, w].
+    Only the structure is checked (cheap enough for every annotation of COCO); a malformed
+    compressed string is caught when decoded.
+    """
+    if segm is None or (isinstance(segm, list | dict) and not segm):
+        return "no 'segmentation'"
+    if isinstance(segm, list):
+        for poly in segm:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                return ("polygons must be lists of x, y coordinates with at least 3 points, got "
+                        f"{str(poly)[:60]}")
+        return None
+    if not isinstance(segm, dict) or "counts" not in segm or "size" not in segm:
+        return f"not polygons or an RLE dict with 'size' and 'counts': {str(segm)[:60]}"
+    if list(segm["size"]) != [height, width]:
+        return f"RLE size {segm['size']} but the image is [{height}, {width}] (h, w)"
+    counts = segm["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+            return f"uncompressed RLE counts must be >= 0 and sum to {height * width} (h * w)"
+        return None
+    if not isinstance(counts, str | bytes) or not counts:
+        return f"RLE counts must be a list of ints or a non-empty string, got {str(counts)[:60]}"
+    return None
+
+
+def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as a uint8 (h, w)
+    0/1 mask, decoded with pycocotools (polygon parts are merged).
+
+    Raises:
+        ValueError: ``segm`` is unusable (:func:`segmentation_problem`) or cannot be decoded.
+    """
+    problem = segmentation_problem(segm, height, width)
+    if problem:
+        raise ValueError(problem)
+    try:
+        if isinstance(segm, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        elif isinstance(segm["counts"], list):
+            rle = mask_utils.frPyObjects(segm, height, width)
+        else:
+            rle = {"size": [height, width], "counts": segm["counts"]}
+        with warnings.catch_warnings():  # pycocotools' decode vs numpy 2: a DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mask_utils.decode(rle)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"cannot decode the segmentation: {e}") from e
+
+
+def _first(ids: Sequence[Any], n: int = 5) -> str:
+    """The first ``n`` of ``ids`` for a message, with the count of the rest."""
+    shown = ", ".join(str(i) for i in ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _missing_files(img_dir: Path, images: Sequence[dict]) -> list[int]:
+    """Ids of the images whose file does not exist under ``img_dir`` (one directory listing when
+    every file name is a plain name, one stat per image otherwise)."""
+    names = [img["file_name"] for img in images]
+    if img_dir.is_dir() and not any("/" in n or "\\" in n for n in names):
+        present = {e.name for e in os.scandir(img_dir) if e.is_file()}
+        return [img["id"] for img, n in zip(images, names, strict=True) if n not in present]
+    return [img["id"] for img, n in zip(images, names, strict=True)
+            if not (img_dir / n).is_file()]
 
 
 class CocoDetection(Dataset):
@@ -187,10 +270,26 @@ class CocoDetection(Dataset):
     ``train=True`` images without a usable box are skipped (``num_skipped``); otherwise every
     image is kept. Images are in ascending id order.
 
+    Bad data (``strict=False``, the default) costs a warning and a count, never a crash hours
+    into a run: non-crowd boxes with w <= 0 or h <= 0 or outside the image are dropped
+    (``bad_annotations`` lists their ids); in training, images whose file is missing are left
+    out (``missing_ids``) and an image that cannot be read (corrupt, truncated, size not as
+    annotated) is replaced by the next readable one, its id recorded in the target under
+    ``replaced_image_id``. In evaluation every image stays: one that cannot be read is
+    returned black with ``unreadable=True`` in its target, so it counts with no detections.
+    ``strict=True`` turns each of these into an error naming the file, image or annotation id.
+
     Item ``i`` is ``(image, target)``: image uint8 (3, h, w) RGB; target as described in
     :mod:`o2f.data.transforms` (``boxes`` (G, 4) float32, ``labels`` (G,) int64, ``image_id``,
     ``orig_size``, ``img_size``, ``scale_factor``, ``flipped``). ``transforms`` maps
     ``(image, target)`` to ``(image, target)``, e.g. :func:`o2f.data.build_transforms`.
+
+    With ``with_masks=True`` the target also holds ``masks``, uint8 (G, h, w) 0/1 at the
+    transformed image size, row i the instance mask of box i, decoded from the annotation's
+    ``segmentation`` (polygons, uncompressed or compressed RLE; see
+    :func:`decode_segmentation`) only when an item is read. A usable box whose annotation has
+    no usable segmentation is dropped with a warning (``bad_annotations["no_mask"]``; an error
+    with ``strict=True``, or when no annotation has a usable one: box-only data).
     """
 
     def __init__(
@@ -199,11 +298,15 @@ class CocoDetection(Dataset):
         img_dir: str | Path,
         transforms: Transform | None = None,
         train: bool = False,
+        strict: bool = False,
+        with_masks: bool = False,
     ):
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
         self.transforms = transforms
         self.train = train
+        self.strict = strict
+        self.with_masks = with_masks
 
         data = load_coco_json(self.ann_file, self.img_dir)
         self.coco = COCO()
@@ -217,12 +320,20 @@ class CocoDetection(Dataset):
         self.label_of: dict[int, int] = {cid: i for i, cid in enumerate(self.cat_ids)}
 
         all_ids = sorted(self.coco.imgs)
-        self._boxes, self._labels, self._offsets = _usable_boxes(data, all_ids, self.label_of)
+        self._boxes, self._labels, self._offsets, self.bad_annotations, self._rows = (
+            _usable_boxes(data, all_ids, self.label_of))
+        self._report_bad_annotations()
+        if with_masks:
+            self._drop_boxes_without_masks(data)
+        self.missing_ids = _missing_files(self.img_dir, [self.coco.imgs[i] for i in all_ids])
+        self._report_missing_files(len(all_ids))
+        missing = set(self.missing_ids) if train else set()
         counts = np.diff(self._offsets)
-        positions = [i for i in range(len(all_ids)) if counts[i] > 0 or not train]
+        positions = [i for i in range(len(all_ids))
+                     if (counts[i] > 0 or not train) and all_ids[i] not in missing]
         self._positions = np.array(positions, dtype=np.int64)
         self.ids: list[int] = [all_ids[i] for i in positions]
-        self.num_skipped = len(all_ids) - len(self.ids)
+        self.num_skipped = int((counts == 0).sum()) if train else 0
         if self.num_skipped:
             logger.info(
                 "%s: skipped %d of %d images without usable boxes (train mode)",
@@ -230,6 +341,76 @@ class CocoDetection(Dataset):
                 self.num_skipped,
                 len(all_ids),
             )
+        if not self.ids:
+            what = "images with usable boxes and a file" if train else "images"
+            raise ValueError(f"{self.ann_file}: no {what} ({len(all_ids)} images, "
+                             f"{len(data['annotations'])} annotations)")
+
+    def _report_bad_annotations(self) -> None:
+        rules = {"non_positive": "a width or height <= 0", "outside": "no overlap with the image"}
+        for kind, ids in self.bad_annotations.items():
+            if not ids:
+                continue
+            msg = (f"{self.ann_file}: {len(ids)} non-crowd box(es) with {rules[kind]}, "
+                   f"annotation id(s) {_first(ids)}")
+            if self.strict:
+                raise ValueError(msg + " (data.strict=true)")
+            logger.warning("%s: not used as training targets", msg)
+
+    def _drop_boxes_without_masks(self, data: dict) -> None:
+        """Drop the target rows whose annotation has no usable ``segmentation`` (warning,
+        ids in ``bad_annotations["no_mask"]``); an error if strict or if no row has one."""
+        anns = data["annotations"]
+        sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+        problems = {}
+        for row in self._rows.tolist():
+            ann = anns[row]
+            problem = segmentation_problem(ann.get("segmentation"), *sizes[ann["image_id"]])
+            if problem:
+                problems[row] = problem
+        self.bad_annotations["no_mask"] = [anns[r]["id"] for r in problems]
+        if not problems:
+            return
+        first = next(iter(problems))
+        msg = (f"{self.ann_file}: {len(problems)} of {len(self._rows)} usable box(es) have no "
+               f"usable instance mask, annotation id(s) {_first(self.bad_annotations['no_mask'])}"
+               f" (annotation id {anns[first]['id']}: {problems[first]})")
+        if len(problems) == len(self._rows):
+            raise ValueError(msg + "; masks (model.mask.enabled=true) need a 'segmentation' "
+                             "(polygons or RLE) in the annotations")
+        if self.strict:
+            raise ValueError(msg + " (data.strict=true)")
+        logger.warning("%s: not used as training targets", msg)
+        keep = ~np.isin(self._rows, np.array(list(problems), dtype=np.int64))
+        image_pos = np.repeat(np.arange(len(self._offsets) - 1), np.diff(self._offsets))
+        counts = np.bincount(image_pos[keep], minlength=len(self._offsets) - 1)
+        self._offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        self._boxes, self._labels, self._rows = (
+            self._boxes[keep], self._labels[keep], self._rows[keep])
+
+    def _masks(self, pos: int, height: int, width: int) -> Tensor:
+        """The instance masks of the image at position ``pos``: uint8 (G, height, width)."""
+        rows = self._rows[self._offsets[pos]:self._offsets[pos + 1]].tolist()
+        masks = np.zeros((len(rows), height, width), dtype=np.uint8)
+        for i, row in enumerate(rows):
+            ann = self.coco.dataset["annotations"][row]
+            try:
+                masks[i] = decode_segmentation(ann.get("segmentation"), height, width)
+            except ValueError as e:
+                raise ValueError(f"{self.ann_file}: annotation id {ann['id']} (image id "
+                                 f"{ann['image_id']}): {e}") from e
+        return torch.from_numpy(masks)
+
+    def _report_missing_files(self, num_images: int) -> None:
+        if not self.missing_ids:
+            return
+        names = [self.coco.imgs[i]["file_name"] for i in self.missing_ids]
+        msg = (f"{self.img_dir}: {len(names)} of {num_images} image files of {self.ann_file} "
+               f"do not exist: {_first(names)} (image id(s) {_first(self.missing_ids)})")
+        if self.strict:
+            raise FileNotFoundError(msg + " (data.strict=true)")
+        logger.warning("%s; %s", msg, "left out of training" if self.train
+                       else "evaluated as images with no detections")
 
     @property
     def num_classes(self) -> int:
@@ -242,8 +423,8 @@ class CocoDetection(Dataset):
         """The ``images`` record of item ``index`` (id, file_name, width, height, ...)."""
         return self.coco.imgs[self.ids[index]]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
-        info = self.image_info(index)
+    def _read_image(self, info: dict) -> Tensor:
+        """The image of an ``images`` record as uint8 (3, h, w), checked against its size."""
         path = self.img_dir / info["file_name"]
         img = load_rgb_image(path, info["id"])
         if img.size != (info["width"], info["height"]):
@@ -252,7 +433,28 @@ class CocoDetection(Dataset):
                 f"orientation but the annotations say {info['width']}x{info['height']}"
             )
         # np.array copies, so the tensor owns writable memory.
-        image = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        problem: dict[str, Any] = {}
+        for _ in range(len(self)):
+            info = self.image_info(index)
+            try:
+                image = self._read_image(info)
+                break
+            except (OSError, ValueError) as err:
+                if self.strict:
+                    raise
+                logger.warning("%s; %s", err, "using the next image" if self.train
+                               else "evaluated as an image with no detections")
+                if not self.train:
+                    image = torch.zeros((3, info["height"], info["width"]), dtype=torch.uint8)
+                    problem = {"unreadable": True}
+                    break
+                problem.setdefault("replaced_image_id", int(info["id"]))
+                index = (index + 1) % len(self)
+        else:
+            raise OSError(f"{self.ann_file}: none of the {len(self)} training images can be read")
 
         pos = self._positions[index]
         lo, hi = self._offsets[pos], self._offsets[pos + 1]
@@ -265,7 +467,10 @@ class CocoDetection(Dataset):
             "img_size": (h, w),
             "scale_factor": (1.0, 1.0),
             "flipped": False,
+            **problem,
         }
+        if self.with_masks:
+            target["masks"] = self._masks(pos, h, w)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target

@@ -9,8 +9,10 @@ A sample is ``(image, target)``: ``image`` a uint8 (3, H, W) RGB tensor, ``targe
 - ``img_size``     (h, w) of the current image
 - ``scale_factor`` (sx, sy) = (w / W, h / H)
 - ``flipped``      bool
+- ``masks``        optional uint8 (G, h, w) instance masks, row i that of box i (resized with
+  nearest-neighbour sampling of pixel centres, flipped with the image)
 
-:class:`Compose` wraps the image and boxes as ``tv_tensors`` so the steps (and any
+:class:`Compose` wraps the image, boxes and masks as ``tv_tensors`` so the steps (and any
 ``torchvision.transforms.v2`` transform placed between them) move image and boxes together,
 then unwraps them to plain tensors. Images stay uint8 and unpadded: normalisation and padding to
 a multiple of 32 belong to the model. Random draws use torch's global RNG, so seeding it (as the
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 Target = dict[str, Any]
@@ -55,6 +58,13 @@ def _wrap_boxes(target: Target, h: int, w: int) -> tv_tensors.BoundingBoxes:
     return tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w), dtype=torch.float32)
 
 
+def _wrap_masks(target: Target) -> None:
+    """Wrap ``target["masks"]`` (if any) as a tv_tensors.Mask, in place."""
+    masks = target.get("masks")
+    if masks is not None and not isinstance(masks, tv_tensors.Mask):
+        target["masks"] = tv_tensors.Mask(masks)
+
+
 class Compose:
     """Run transforms on ``(image, target)`` with image and boxes wrapped as tv_tensors.
 
@@ -74,10 +84,13 @@ class Compose:
         target.setdefault("flipped", False)
         image = tv_tensors.Image(image)
         target["boxes"] = _wrap_boxes(target, int(h), int(w))
+        _wrap_masks(target)
         for t in self.transforms:
             image, target = t(image, target)
         image = image.as_subclass(Tensor)
         target["boxes"] = target["boxes"].as_subclass(Tensor)
+        if "masks" in target:
+            target["masks"] = target["masks"].as_subclass(Tensor)
         target["img_size"] = (int(image.shape[-2]), int(image.shape[-1]))
         return image, target
 
@@ -91,7 +104,8 @@ class KeepRatioResize:
 
     The short-side limit is drawn uniformly from the integers ``short_sizes[0] ..
     short_sizes[1]`` (inclusive) per call; equal bounds give single-scale resizing.
-    Boxes are scaled by the actual per-axis factors (new_w / w, new_h / h).
+    Boxes are scaled by the actual per-axis factors (new_w / w, new_h / h); masks take the
+    value of the source pixel under each output pixel's centre (nearest-exact).
     """
 
     def __init__(self, max_size: int = 1333, short_sizes: tuple[int, int] = (800, 800)):
@@ -117,6 +131,9 @@ class KeepRatioResize:
         if (new_w, new_h) != (w, h):
             image = F.resize(image, [new_h, new_w], antialias=True)
             boxes = F.resize(boxes, [new_h, new_w])
+            if "masks" in target:
+                target["masks"] = F.resize(target["masks"], [new_h, new_w],
+                                           interpolation=InterpolationMode.NEAREST_EXACT)
         target["boxes"] = boxes
         sx, sy = target.get("scale_factor", (1.0, 1.0))
         target["scale_factor"] = (sx * new_w / int(w), sy * new_h / int(h))
@@ -127,7 +144,7 @@ class KeepRatioResize:
 
 
 class RandomHorizontalFlip:
-    """Flip image and boxes left-right with probability p (x1' = w - x2, x2' = w - x1)."""
+    """Flip image, boxes (x1' = w - x2, x2' = w - x1) and masks left-right with probability p."""
 
     def __init__(self, p: float = 0.5):
         if not 0.0 <= p <= 1.0:
@@ -142,6 +159,8 @@ class RandomHorizontalFlip:
         boxes = _wrap_boxes(target, int(image.shape[-2]), int(image.shape[-1]))
         image = F.horizontal_flip(image)
         target["boxes"] = F.horizontal_flip(boxes) + 0.0  # + 0.0 turns -0.0 into 0.0
+        if "masks" in target:
+            target["masks"] = F.horizontal_flip(target["masks"])
         target["flipped"] = not target.get("flipped", False)
         return image, target
 

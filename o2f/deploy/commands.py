@@ -131,7 +131,7 @@ def cmd_convert_mmdet(args: argparse.Namespace) -> int:
     except _user_errors() as err:
         return _fail("convert-mmdet", err)
     names = "with" if meta.get("class_names") else "without"
-    print(f"wrote {args.dst}: config {args.config}, {meta['num_classes']} classes, {names} "
+    print(f"wrote {args.dst}: config {meta['config']}, {meta['num_classes']} classes, {names} "
           "class names")
     return 0
 
@@ -159,7 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a checkpoint on image files or folders (searched recursively for "
         "jpg, jpeg, png, bmp, webp). For each image, OUT/NAME.json holds the boxes (x1, y1, "
         "x2, y2 in the image's pixels), scores, labels and category names, highest score "
-        "first, and OUT/NAME.png the image with labelled boxes. Images that cannot be read "
+        "first (with a mask model, each mask as a COCO RLE 'segmentation'), and OUT/NAME.png "
+        "the image with labelled boxes (and tinted masks). Images that cannot be read "
         "are reported and skipped (exit status 1).")
     p.add_argument("config", help=_CONFIG_HELP)
     p.add_argument("checkpoint", help="a .pth checkpoint or .safetensors weights")
@@ -174,14 +175,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "convert-mmdet", help="convert the authors' MMDetection 2.x checkpoint",
-        description="Map a released MMDetection 2.x o2f checkpoint (e.g. r50_1x.pth) to o2f "
-        "weights, checked key by key against the o2f model of --config. The input is loaded "
+        description="Map a released MMDetection 2.x o2f checkpoint (e.g. r50_1x.pth, or a "
+        "CondInst-style instance-segmentation one) to o2f weights, checked key by key against "
+        "the o2f model of --config. The input is loaded "
         "with torch.load(weights_only=True).")
     p.add_argument("src", metavar="IN.pth", help="the MMDetection checkpoint")
     p.add_argument("dst", metavar="OUT",
                    help="o2f checkpoint (.pth), or safetensors weights (.safetensors)")
-    p.add_argument("--config", default="r50_1x",
-                   help="the o2f config matching the checkpoint (default r50_1x; r101_1x ...)")
+    p.add_argument("--config", default=None,
+                   help="the o2f config matching the checkpoint (default: condinst_r50_1x for a "
+                   "CondInst-style mask checkpoint, else r50_1x; r101_1x ...)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="UNSAFE: fully unpickle the input (can run arbitrary code) when safe "
                    "loading fails; only for files from a source you trust")

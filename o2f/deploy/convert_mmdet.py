@@ -19,9 +19,26 @@ MMDetection                                     o2f
 ``bbox_head.scales.{i}.scale`` (scalars)        ``head.scales`` (one tensor, level i at [i])
 ==============================================  ===========================================
 
+The authors' CondInst-style instance-segmentation checkpoints (``E2ECondInstHead`` of their
+``condinst_head.py``, configs ``condinst_r50_1x.py`` / ``condinst_r50_3x.py``) hold the same
+backbone, FPN and towers, with the centerness output named ``conv_quality`` and the mask modules
+in ``bbox_head`` too (plain ``nn.Sequential`` indices: conv at 0, BatchNorm at 1, ReLU at 2):
+
+==============================================  ===========================================
+MMDetection (CondInst)                          o2f (``model.mask.enabled=true``)
+==============================================  ===========================================
+``bbox_head.conv_quality.*``                    ``head.conv_centerness.*``
+``bbox_head.controller.*``                      ``controller.*``
+``bbox_head.refine.{i}.{0,1}.*``                ``mask_branch.refine.{i}.{0,1}.*``
+``bbox_head.mask_tower.{j}.{0,1}.*``, last 1x1  ``mask_branch.tower.{j}.{0,1}.*``, same index
+``bbox_head.seg_head.{0,1,3,4}.*``              ``mask_branch.sem_head.{0.0,0.1,1.0,1.1}.*``
+``bbox_head.seg_out.*``                         ``mask_branch.sem_out.*``
+``bbox_head.sizes_of_interest`` (buffer)        dropped (unused: their code divides by 8 x stride)
+==============================================  ===========================================
+
 BatchNorm ``num_batches_tracked`` counters are carried over, or set to 0 where a checkpoint
 lacks them (they do not affect inference). Any other key is an error, as is any key the o2f
-model needs that the checkpoint does not provide.
+model needs that the checkpoint does not provide, or two keys that map onto the same o2f key.
 
 Loading the ``.pth`` never unpickles arbitrary objects unless asked to: ``torch.load`` runs
 with ``weights_only=True``, allowing only numpy's scalar and dtype constructors besides plain
@@ -45,6 +62,13 @@ _TOWERS = {"cls_convs": "cls_convs", "reg_convs": "reg_convs", "centerness_convs
 # o2f towers are nn.Sequential([Conv2d, GroupNorm, ReLU] * n): block i's conv at 3i, GN at 3i+1
 _TOWER_OFFSET = {"conv": 0, "gn": 1}
 _LATERAL = re.compile(r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)")
+_BN_PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+# the authors' semantic head: Sequential(conv, BN, ReLU, conv, BN, ReLU); o2f: two conv-BN-ReLU
+_SEM_HEAD = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1"}
+# keys only the authors' CondInst-style checkpoints hold (their ``E2ECondInstHead``)
+_MASK_KEY = re.compile(r"bbox_head\.(controller|refine|mask_tower|seg_head|seg_out|conv_quality)\.")
+# a buffer of E2ECondInstHead that its code never reads (it divides by 8 x stride instead)
+_UNUSED = {"bbox_head.sizes_of_interest"}
 
 
 class ConversionError(CheckpointError):
@@ -73,6 +97,16 @@ def _rules(num_laterals: int) -> list[tuple[re.Pattern, Callable[[re.Match], str
          tower),
         (r"bbox_head\.(conv_cls|conv_reg|conv_centerness)\.(weight|bias)",
          lambda m: f"head.{m[1]}.{m[2]}"),
+        # CondInst-style mask checkpoints
+        (r"bbox_head\.conv_quality\.(weight|bias)", lambda m: f"head.conv_centerness.{m[1]}"),
+        (r"bbox_head\.controller\.(weight|bias)", lambda m: f"controller.{m[1]}"),
+        (rf"bbox_head\.refine\.(\d+)\.(0\.weight|1\.{_BN_PARAM})",
+         lambda m: f"mask_branch.refine.{m[1]}.{m[2]}"),
+        (rf"bbox_head\.mask_tower\.(\d+)\.(0\.weight|1\.{_BN_PARAM}|weight|bias)",
+         lambda m: f"mask_branch.tower.{m[1]}.{m[2]}"),
+        (r"bbox_head\.seg_head\.([0134])\.(\w+)",
+         lambda m: f"mask_branch.sem_head.{_SEM_HEAD[m[1]]}.{m[2]}"),
+        (r"bbox_head\.seg_out\.(weight|bias)", lambda m: f"mask_branch.sem_out.{m[1]}"),
     ]
     return [(re.compile(p), fn) for p, fn in rules]
 
@@ -86,10 +120,17 @@ def _listing(keys: Iterable[str], limit: int = 20) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def is_mask_checkpoint(mmdet_sd: dict[str, Tensor]) -> bool:
+    """Whether a state dict is one of the authors' CondInst-style instance-segmentation
+    checkpoints (it holds ``bbox_head.controller`` / ``refine`` / ``mask_tower`` ... keys)."""
+    return any(_MASK_KEY.match(k.removeprefix("module.")) for k in mmdet_sd)
+
+
 def convert_mmdet_state_dict(
     mmdet_sd: dict[str, Tensor], expected_keys: Iterable[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Rename an MMDetection 2.x o2f/FCOS state dict to o2f names (see the module table).
+    """Rename an MMDetection 2.x o2f/FCOS state dict, box-only or CondInst-style with masks,
+    to o2f names (see the module tables).
 
     Args:
         mmdet_sd: the checkpoint's ``state_dict`` (a ``module.`` prefix is removed).
@@ -100,7 +141,8 @@ def convert_mmdet_state_dict(
         the o2f state dict (same tensors, renamed; the level scales stacked into one (L,)).
 
     Raises:
-        ConversionError: naming every unmatched MMDetection key, or every missing o2f key.
+        ConversionError: naming every unmatched MMDetection key, every pair of keys that map
+            onto the same o2f key, or every missing o2f key.
     """
     sd = dict(mmdet_sd)
     if sd and all(k.startswith("module.") for k in sd):
@@ -108,21 +150,30 @@ def convert_mmdet_state_dict(
     num_laterals = len({m[1] for k in sd if (m := _LATERAL.fullmatch(k))}) or 3
     rules = _rules(num_laterals)
     out: dict[str, Tensor] = {}
+    source: dict[str, str] = {}
     scales: dict[int, Tensor] = {}
-    unmatched = []
+    unmatched, clashes = [], []
     for key, value in sd.items():
+        if key in _UNUSED:
+            continue
         if m := _SCALE.fullmatch(key):
             scales[int(m[1])] = value.reshape(())
             continue
         for pattern, rename in rules:
             if m := pattern.fullmatch(key):
-                out[rename(m)] = value
+                name = rename(m)
+                if name in source:
+                    clashes.append(f"{source[name]} and {key} -> {name}")
+                out[name], source[name] = value, key
                 break
         else:
             unmatched.append(key)
     if unmatched:
         raise ConversionError(
             f"{len(unmatched)} MMDetection keys have no o2f counterpart: {_listing(unmatched)}")
+    if clashes:
+        raise ConversionError(f"MMDetection keys that map onto the same o2f key: "
+                              f"{'; '.join(sorted(clashes))}")
     if scales:
         if sorted(scales) != list(range(len(scales))):
             raise ConversionError(f"bbox_head.scales has levels {sorted(scales)}, expected "
@@ -214,15 +265,21 @@ def _class_names(meta: dict[str, Any], cfg: Config, num_classes: int) -> list[st
 
 
 def convert_mmdet_checkpoint(
-    src: str | Path, dst: str | Path, config: str = "r50_1x",
+    src: str | Path, dst: str | Path, config: str | None = None,
     overrides: list[str] | tuple[str, ...] = (), trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Convert an MMDetection checkpoint into an o2f ``.pth`` checkpoint (or ``.safetensors``
     weights when ``dst`` ends so), verified by loading it into the model built from
     ``config`` (number of classes from ``bbox_head.conv_cls``).
 
+    Args:
+        config: the o2f config (name or YAML path); None: ``condinst_r50_1x`` for a
+            CondInst-style mask checkpoint (:func:`is_mask_checkpoint`), else ``r50_1x``. Its
+            ``model.mask.enabled`` must match the checkpoint's kind.
+
     Returns:
-        the meta written (``num_classes``, ``class_names``, ``cat_ids``, ``source``).
+        the meta written (``num_classes``, ``class_names``, ``cat_ids``, ``source``), plus
+        ``config``: the config used.
     """
     from o2f.builders import build_detector
     from o2f.deploy.coco_classes import COCO_CAT_IDS, COCO_CLASSES
@@ -234,13 +291,37 @@ def convert_mmdet_checkpoint(
         raise ConversionError(f"{src} has no bbox_head.conv_cls.weight: not an FCOS-style "
                               "MMDetection detector")
     num_classes = int(mmdet_sd["bbox_head.conv_cls.weight"].shape[0])
+    masks = is_mask_checkpoint(mmdet_sd)
+    if config is None:
+        config = "condinst_r50_1x" if masks else "r50_1x"
     cfg = load_config(config, [*overrides, f"model.num_classes={num_classes}"])
+    if masks and not cfg.model.mask.enabled:
+        raise ConversionError(
+            f"{src} is a CondInst-style instance-segmentation checkpoint (bbox_head.controller, "
+            f"mask_tower ...) but config '{config}' has model.mask.enabled=false; use --config "
+            "condinst_r50_1x (or condinst_r50_3x_ms), or leave --config out")
+    if cfg.model.mask.enabled and not masks:
+        raise ConversionError(
+            f"{src} is a box-only checkpoint (no bbox_head.controller / mask_tower keys) but "
+            f"config '{config}' has model.mask.enabled=true; use a box config such as r50_1x, "
+            "or leave --config out")
     depth = resnet_depth(mmdet_sd)
     if depth is not None and depth != cfg.model.backbone.depth:
+        hint = ("--set model.backbone.depth=" + str(depth) if masks
+                else "--config r101_1x for ResNet-101")
         raise ConversionError(
             f"{src} holds a ResNet-{depth} backbone but config '{config}' has "
             f"model.backbone.depth={cfg.model.backbone.depth}; pick a config of that depth "
-            "(e.g. --config r101_1x for ResNet-101)")
+            f"(e.g. {hint})")
+    if masks:
+        # the authors' code divides the relative coordinates by 8 x stride (it never reads its
+        # sizes_of_interest buffer); other values would give other masks
+        expected_soi = [8.0 * s for s in cfg.model.strides]
+        if [float(v) for v in cfg.model.mask.sizes_of_interest] != expected_soi:
+            raise ConversionError(
+                f"config '{config}' has model.mask.sizes_of_interest="
+                f"{cfg.model.mask.sizes_of_interest}, but the authors' CondInst code uses 8 x "
+                f"stride = {expected_soi}")
     model = build_detector(apply_overrides(cfg, ["model.backbone.pretrained=false"]))
     weights = convert_mmdet_state_dict(mmdet_sd, model.state_dict().keys())
     load_model_weights(model, weights, source=f"{src} (converted)")
@@ -255,4 +336,4 @@ def convert_mmdet_checkpoint(
         save_safetensors_weights(model.state_dict(), dst, config_data, meta)
     else:
         save_checkpoint({"model": model.state_dict(), "config": config_data, "meta": meta}, dst)
-    return meta
+    return {**meta, "config": config}

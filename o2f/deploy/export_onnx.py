@@ -12,6 +12,11 @@ no NonMaxSuppression node. Inputs and outputs:
 
 K is ``test.max_per_img``. The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export);
 the TorchScript exporter is only a fallback when that fails, and the function says which ran.
+
+Instance masks stay out of the graph: a mask model (``model.mask.enabled``) exports the same
+three outputs, its detection part, and the file's ``o2f.masks`` metadata says ``"not
+exported"``. Its masks (dynamic per-detection convs on the mask features, then resizing to
+each original image) come from PyTorch (``o2f predict``, :class:`o2f.Detector`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from o2f.boxes import level_points
+from o2f.models.fuse import fuse_conv_bn
 from o2f.postprocess import select_topk
 
 log = logging.getLogger(__name__)
@@ -212,7 +218,11 @@ def export_onnx(
     if getattr(model, "nms", False):
         log.warning("the model applies NMS at test time (test.nms); the exported graph does "
                     "not: its detections are the NMS-free top-%d", model.max_per_img)
-    wrapper = ExportableDetector(model.eval()).eval()
+    with_masks = bool(getattr(model, "with_masks", False))
+    if with_masks:
+        log.warning("the model predicts instance masks; the exported graph gives its boxes, "
+                    "scores and labels only (masks are not exported)")
+    wrapper = ExportableDetector(fuse_conv_bn(model)).eval()  # BatchNorm folded (a copy)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 3, *example_size), dtype=torch.uint8, generator=gen)
@@ -230,6 +240,7 @@ def export_onnx(
     _name_dynamic_axes(proto)
     props = {"o2f.exporter": exporter, "o2f.max_per_img": wrapper.max_per_img,
              "o2f.score_thr": wrapper.score_thr, "o2f.nms_pre": wrapper.nms_pre,
+             **({"o2f.masks": "not exported"} if with_masks else {}),
              **{f"o2f.{k}": v for k, v in (metadata or {}).items()}}
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in props.items()})
     check_onnx_model(proto)

@@ -3,10 +3,11 @@
 >>> det = Detector.from_checkpoint("work_dirs/r50_1x/last.pth")
 >>> out = det.predict("street.jpg")        # or a PIL image, or an H x W x 3 uint8 RGB array
 >>> out["boxes"], out["scores"], out["labels"], out["names"]
+>>> out["masks"]                            # a mask model (model.mask.enabled) only
 
 Each image is resized as at test time (short side ``data.test_short``, long side at most
 ``data.max_size``, the evaluation transform itself), run through the model without NMS, and
-its boxes are mapped back to the original image's pixels.
+its boxes (and masks) are mapped back to the original image's pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from o2f.config import Config
 from o2f.data import build_transforms, load_rgb_image
+from o2f.models.fuse import fuse_conv_bn
 
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
@@ -66,7 +68,7 @@ class Detector:
     def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any] | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        self.model = fuse_conv_bn(model).to(self.device)  # eval-only copy, BatchNorm folded
         self.cfg = cfg
         self.meta = dict(meta or {})
         num_classes = self.model.head.num_classes
@@ -110,31 +112,39 @@ class Detector:
         Returns:
             ``boxes`` float32 (K, 4) x1, y1, x2, y2 in the original image's pixels, ``scores``
             (K,), ``labels`` int64 (K,) (CPU tensors) and ``names`` (K category names),
-            highest score first.
+            highest score first; from a mask model also ``masks`` bool (K, H, W) at the
+            original image's size.
         """
         original = image_to_tensor(image)
         resized, target = self.transform(original, {})
         det = self.model([resized.to(self.device)], [target])[0]
-        boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        scores = det["scores"]
         order = scores.argsort(descending=True, stable=True)  # already sorted; made explicit
-        boxes, scores, labels = boxes[order], scores[order], labels[order]
         if score_thr is not None:
-            keep = scores > score_thr
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        return {"boxes": boxes, "scores": scores, "labels": labels,
-                "names": [self.class_names[i] for i in labels.tolist()]}
+            order = order[scores[order] > score_thr]
+        keys = ("boxes", "scores", "labels", "masks")
+        out: dict[str, Any] = {k: det[k][order].cpu() for k in keys if k in det}
+        if "masks" in out:
+            out["masks"] = out["masks"].bool()
+        out["names"] = [self.class_names[i] for i in out["labels"].tolist()]
+        return out
 
     def draw(self, image: ImageInput, result: dict[str, Any]) -> Tensor:
         """The image (uint8 (3, H, W)) with ``result``'s boxes drawn, labelled "name score",
-        one colour per class."""
+        one colour per class, over its masks (if any)."""
         from o2f.visualize import draw_detections
 
         return draw_detections(image_to_tensor(image), result["boxes"], result["labels"],
-                               result["scores"], self.class_names, score_thr=0.0)
+                               result["scores"], self.class_names, score_thr=0.0,
+                               masks=result.get("masks"))
 
 
 def detections_to_json(result: dict[str, Any], image: str, size: tuple[int, int]) -> dict:
-    """A :meth:`Detector.predict` result as plain JSON data (``size`` is (height, width))."""
+    """A :meth:`Detector.predict` result as plain JSON data (``size`` is (height, width)).
+
+    With masks each detection also has ``segmentation``, its mask as a compressed COCO RLE
+    ``{"size": [height, width], "counts": str}`` (``pycocotools.mask.decode`` reads it).
+    """
     dets = [
         {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4),
          "label": int(label), "name": name}
@@ -142,6 +152,11 @@ def detections_to_json(result: dict[str, Any], image: str, size: tuple[int, int]
                                            result["labels"].tolist(), result["names"],
                                            strict=True)
     ]
+    if "masks" in result:
+        from o2f.evaluation.coco import encode_masks
+
+        for det, rle in zip(dets, encode_masks(result["masks"]), strict=True):
+            det["segmentation"] = rle
     return {"image": image, "height": int(size[0]), "width": int(size[1]), "detections": dets}
 
 

@@ -23,9 +23,13 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync'd,
-    then renamed over the target, so a kill mid-save never leaves a broken file at ``path``."""
+    then renamed over the target, so a kill mid-save never leaves a broken file at ``path``.
+    Temporary files of ``path`` left by a killed writer are removed first (one writer per
+    path: rank 0)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -85,8 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="evaluate a checkpoint (COCO box AP, no NMS)")
     p.add_argument("config", help="config name or path; '-' uses the checkpoint's own config")
     p.add_argument("checkpoint")
-    p.add_argument("--metrics-out", help="write bbox_mAP ... as JSON here")
-    p.add_argument("--results-out", help="write the detections here: the COCO results format, "
-                   "or an .odgt of detections for CrowdHuman data")
+    p.add_argument("--metrics-out", help="write bbox_mAP ... (and segm_mAP ... for a mask "
+                   "model) as JSON here")
+    p.add_argument("--results-out", help="write the detections here: the COCO results format "
+                   "(with RLE 'segmentation' for a mask model), or an .odgt of detections for "
+                   "CrowdHuman data")
     _add_overrides(p)
     p.set_defaults(func=cmd_test)

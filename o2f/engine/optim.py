@@ -10,11 +10,16 @@ from torch import nn
 from o2f.config import OptimConfig
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+# Parameters that are not normalisation layers but take ``norm_decay`` all the same, by the last
+# part of their name: Swin's relative-position bias tables (as in the published Swin recipes;
+# torchvision's Swin has no absolute position embedding).
+NO_DECAY_NAMES = ("relative_position_bias_table",)
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_decay: float) -> list[dict]:
-    """Trainable parameters split into normalisation weights/biases (``norm_decay``) and the rest
-    (``weight_decay``). Each group records the parameter names under ``names``."""
+    """Trainable parameters split into those of normalisation layers (BatchNorm, GroupNorm,
+    LayerNorm weights and biases) and those named in ``NO_DECAY_NAMES`` (``norm_decay``), and
+    the rest (``weight_decay``). Each group records the parameter names under ``names``."""
     norm_ids = {
         id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(False)
     }
@@ -22,7 +27,8 @@ def param_groups(model: nn.Module, weight_decay: float, norm_decay: float) -> li
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        group = no_decay if id(p) in norm_ids else decay
+        exempt = id(p) in norm_ids or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+        group = no_decay if exempt else decay
         group[0].append(p)
         group[1].append(name)
     return [

@@ -55,7 +55,8 @@ def build_datasets(cfg: Config, with_val: bool) -> tuple[CocoDetection, CocoDete
     for split in ("train", "val") if with_val else ("train",):  # before any slow loading
         _check_split_paths(cfg, split)
     train_tf = build_transforms(True, d.max_size, tuple(d.train_short), d.flip_prob)
-    train_set = CocoDetection(d.train.ann_file, d.train.img_dir, train_tf, train=True)
+    train_set = CocoDetection(d.train.ann_file, d.train.img_dir, train_tf, train=True,
+                              strict=d.strict, with_masks=cfg.model.mask.enabled)
     val_set = build_val_dataset(cfg) if with_val else None
     return train_set, val_set
 
@@ -64,12 +65,23 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
     d = cfg.data
     _check_split_paths(cfg, "val")
     tf = build_transforms(False, d.max_size, (d.test_short, d.test_short), 0.0)
-    return CocoDetection(d.val.ann_file, d.val.img_dir, tf, train=False)
+    val_set = CocoDetection(d.val.ann_file, d.val.img_dir, tf, train=False, strict=d.strict)
+    if cfg.model.mask.enabled and val_set.ann_file.suffix != ".odgt":  # mask AP needs gt masks
+        from o2f.evaluation.coco import annotations_without_masks
+
+        missing = annotations_without_masks(val_set.coco)
+        if missing:
+            raise ConfigError(
+                f"model.mask.enabled=true but {len(missing)} annotation(s) of data.val.ann_file "
+                f"{d.val.ann_file} have no 'segmentation' (e.g. id {missing[0]}); mask AP "
+                "needs ground-truth masks")
+    return val_set
 
 
 def _move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{**t, "boxes": t["boxes"].to(device, non_blocking=True),
-             "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
+    keys = ("boxes", "labels", "masks")
+    return [{**t, **{k: t[k].to(device, non_blocking=True) for k in keys if k in t}}
+            for t in targets]
 
 
 class Trainer:
@@ -118,14 +130,16 @@ class Trainer:
         self.history: list[dict[str, Any]] = []  # per-epoch summaries
         self.curve: list[dict[str, float]] = []  # logged iterations
         self.skipped_steps = 0
+        self.replaced_images = 0  # unreadable training images replaced by the next one
         if resume:
             self._resume()
         if self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             (self.work_dir / "config.yaml").write_text(dump_config(cfg))
-            self.log.info("%d training images (%d skipped without usable boxes), %d classes, "
-                          "world size %d, total batch %d, lr %.5g, device %s",
-                          len(self.train_set), self.train_set.num_skipped, num_classes,
+            self.log.info("%d training images (%d skipped without usable boxes, %d with a "
+                          "missing file), %d classes, world size %d, total batch %d, lr %.5g, "
+                          "device %s", len(self.train_set), self.train_set.num_skipped,
+                          len(self.train_set.missing_ids), num_classes,
                           self.world, total_batch, self.optimizer.param_groups[0]["lr"],
                           self.device)
         self.tb = None
@@ -146,6 +160,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "epoch": self.epoch,
             "iteration": self.iteration, "config": self.cfg.to_dict(), "meta": self._meta(),
             "history": self.history, "curve": self.curve, "skipped_steps": self.skipped_steps,
+            "replaced_images": self.replaced_images,
         }
 
     def save(self) -> None:
@@ -170,6 +185,7 @@ class Trainer:
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.history, self.curve = list(state["history"]), list(state["curve"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.replaced_images = int(state.get("replaced_images", 0))
         self.log.info("resumed from %s: %d epochs done, iteration %d", path, self.epoch,
                       self.iteration)
 
@@ -210,6 +226,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         window: dict[str, float] = defaultdict(float)
         window_n = steps_ok = 0
+        replaced: set[int] = set()
         bar = tqdm(total=num_iters, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.main, dynamic_ncols=True)
         start = time.perf_counter()
@@ -217,6 +234,7 @@ class Trainer:
             if i >= num_iters:
                 break
             lr = self.schedule.apply(self.optimizer, self.iteration, epoch)
+            replaced.update(t["replaced_image_id"] for t in targets if "replaced_image_id" in t)
             images = [img.to(self.device, non_blocking=True) for img in images]
             targets = _move_targets(targets, self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -256,6 +274,13 @@ class Trainer:
         summary = {"epoch": epoch + 1, "iterations": num_iters,
                    "seconds": time.perf_counter() - start, "soft_t": soft_t,
                    **{k: v / done for k, v in sums.items()}}
+        num_replaced = sum(len(r) for r in du.all_gather_objects(replaced))
+        if num_replaced:
+            summary["replaced_images"] = num_replaced
+            self.replaced_images += num_replaced
+            self.log.warning("epoch %d: %d unreadable training image(s) were replaced by the "
+                             "next image (see the warnings above; data.strict=true makes this "
+                             "an error)", epoch + 1, num_replaced)
         self.epoch += 1
         return summary
 
@@ -292,7 +317,8 @@ class Trainer:
             final = metrics_for_file(metrics) if metrics else {}
             write_json(self.work_dir / "metrics.json", {**final, "epochs": self.epoch,
                                                         "iterations": self.iteration,
-                                                        "skipped_steps": self.skipped_steps})
+                                                        "skipped_steps": self.skipped_steps,
+                                                        "replaced_images": self.replaced_images})
             if self.tb is not None:
                 self.tb.close()
         return metrics

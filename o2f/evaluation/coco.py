@@ -11,7 +11,11 @@ Conventions:
     * ``per_class`` AP is the mean of COCOeval's precision over IoU 0.50:0.95 and the 101 recall
       points, for area "all" and the largest ``maxDets`` (100), ignoring -1 entries.
     * For ``iou_type="segm"`` any ``bbox`` in the results is dropped before evaluation so that
-      the area ranges use mask areas (pycocotools would otherwise take box areas).
+      the area ranges use mask areas (pycocotools would otherwise take box areas). Every
+      ground-truth annotation of the evaluated images needs a ``segmentation`` (polygons or
+      RLE, crowd regions included).
+    * Masks travel as compressed COCO RLE (``encode_masks``: ``{"size": [H, W], "counts":
+      str}``), a few hundred bytes per detection instead of H * W.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["detections_to_coco_results", "evaluate_coco", "format_per_class_table"]
+__all__ = ["annotations_without_masks", "detections_to_coco_results", "encode_masks",
+           "evaluate_boxes_and_masks", "evaluate_coco", "format_per_class_table"]
 
 # Order of COCOeval.stats[0:6].
 _STAT_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
@@ -47,20 +53,26 @@ def detections_to_coco_results(
     Args:
         detections: one dict per image with ``boxes`` (K, 4) x1, y1, x2, y2 in original-image
             pixels, ``scores`` (K,), ``labels`` (K,) contiguous class indices, and optionally
-            ``masks`` (K, H, W) binary masks (encoded as RLE ``segmentation``).
+            the instance masks at the original image size: ``rles`` (K compressed RLEs, see
+            `encode_masks`) or ``masks`` (K, H, W) binary (encoded here).
         image_ids: the dataset's image id of each entry of ``detections``.
         cat_ids: ``cat_ids[label]`` is the dataset's category id of a contiguous label.
 
     Returns:
         One dict per detection: ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] and
-        ``score`` as Python numbers (nothing rounded), plus ``segmentation`` with masks.
+        ``score`` as Python numbers (nothing rounded), plus the RLE ``segmentation`` (counts a
+        str, JSON-ready) with masks.
     """
     results = []
     for det, image_id in zip(detections, image_ids, strict=True):
         boxes = _as_numpy(det["boxes"]).reshape(-1, 4).tolist()
         scores = _as_numpy(det["scores"]).reshape(-1).tolist()
         labels = _as_numpy(det["labels"]).reshape(-1).tolist()
-        rles = _encode_masks(det["masks"]) if "masks" in det else None
+        rles = det.get("rles")
+        if rles is None and "masks" in det:
+            rles = encode_masks(det["masks"])
+        if rles is not None and len(rles) != len(boxes):
+            raise ValueError(f"image {image_id}: {len(rles)} masks for {len(boxes)} boxes")
         for i, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes, scores, labels)):
             result = {
                 "image_id": int(image_id),
@@ -74,13 +86,22 @@ def detections_to_coco_results(
     return results
 
 
-def _encode_masks(masks) -> list[dict]:
+def encode_masks(masks) -> list[dict]:
+    """Binary masks (K, H, W) (a tensor on any device, or an array; nonzero = inside) as K
+    compressed COCO RLEs ``{"size": [H, W], "counts": str}``."""
     from pycocotools import mask as mask_utils
 
-    array = _as_numpy(masks).astype(np.uint8)
-    if array.ndim != 3:
-        raise ValueError(f"masks must be (K, H, W), got shape {array.shape}")
-    rles = mask_utils.encode(np.asfortranarray(array.transpose(1, 2, 0)))
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (K, H, W), got shape {tuple(masks.shape)}")
+    if hasattr(masks, "detach"):  # transposed on the device, so one copy makes (K, W, H)
+        binary = masks.detach()
+        binary = binary if binary.dtype == torch.bool else binary != 0
+        kwh = binary.view(torch.uint8).transpose(1, 2).contiguous().cpu().numpy()
+    else:
+        binary = np.asarray(masks)
+        binary = binary if binary.dtype == bool else binary != 0
+        kwh = np.ascontiguousarray(binary.view(np.uint8).transpose(0, 2, 1))
+    rles = mask_utils.encode(kwh.transpose(2, 1, 0))  # (H, W, K) Fortran-ordered view
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
@@ -129,10 +150,20 @@ def evaluate_coco(
         ``{f"{iou_type}_mAP", ..._mAP_50, ..._mAP_75, ..._mAP_s, ..._mAP_m, ..._mAP_l}`` as
         fractions (NaN where undefined, see the module docstring) and ``per_class``: a list of
         ``{"name", "category_id", "AP"}`` in category-id order.
+
+    Raises:
+        ValueError: an unknown ``iou_type``; for ``"segm"``, ground-truth annotations without
+            a ``segmentation`` (their ids are named).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     img_ids = sorted(coco_gt.getImgIds()) if image_ids is None else [int(i) for i in image_ids]
+    if iou_type == "segm":
+        missing = annotations_without_masks(coco_gt, img_ids)
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"mask AP needs ground-truth masks, but {len(missing)} annotation(s) "
+                             f"have no 'segmentation': id(s) {shown}")
     quiet = contextlib.redirect_stdout(io.StringIO())
     with contextlib.nullcontext() if verbose else quiet:
         coco_dt = _load_results(coco_gt, results, iou_type)
@@ -147,6 +178,13 @@ def evaluate_coco(
     }
     metrics["per_class"] = _per_class_ap(coco_gt, coco_eval)
     return metrics
+
+
+def annotations_without_masks(coco_gt: COCO, image_ids: Sequence[int] | None = None) -> list[int]:
+    """Ids of the annotations (of ``image_ids``, default all) with no or an empty
+    ``segmentation``, which mask AP cannot use."""
+    ann_ids = coco_gt.getAnnIds() if image_ids is None else coco_gt.getAnnIds(imgIds=image_ids)
+    return [a["id"] for a in coco_gt.loadAnns(ann_ids) if not a.get("segmentation")]
 
 
 def _per_class_ap(coco_gt: COCO, coco_eval: COCOeval) -> list[dict]:
@@ -166,11 +204,34 @@ def _per_class_ap(coco_gt: COCO, coco_eval: COCOeval) -> list[dict]:
     return rows
 
 
+def evaluate_boxes_and_masks(
+    coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None,
+    masks: bool = False,
+) -> dict:
+    """Box AP and, with ``masks``, mask AP of the same ``results`` (which then carry RLE
+    ``segmentation``): the ``bbox_*`` and ``segm_*`` keys of `evaluate_coco` in one dict, and
+    ``per_class`` rows ``{"name", "category_id", "AP"}`` (box AP) plus ``"segm_AP"``."""
+    metrics = evaluate_coco(coco_gt, results, image_ids)
+    if masks:
+        segm = evaluate_coco(coco_gt, results, image_ids, iou_type="segm")
+        for row, segm_row in zip(metrics["per_class"], segm.pop("per_class"), strict=True):
+            row["segm_AP"] = segm_row["AP"]
+        metrics.update(segm)
+    return metrics
+
+
 def format_per_class_table(per_class: Sequence[dict]) -> str:
-    """Markdown table of per-class AP (in percent, one decimal; ``n/a`` where undefined)."""
+    """Markdown table of per-class AP (in percent, one decimal; ``n/a`` where undefined); a
+    ``mask AP`` column is added when the rows carry ``segm_AP``."""
+
+    def shown(ap: float | None) -> str:
+        return "n/a" if ap is None or math.isnan(ap) else f"{100 * ap:.1f}"
+
+    if per_class and "segm_AP" in per_class[0]:
+        lines = ["| category | id | box AP | mask AP |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {r['name']} | {r['category_id']} | {shown(r['AP'])} | "
+                  f"{shown(r['segm_AP'])} |" for r in per_class]
+        return "\n".join(lines)
     lines = ["| category | id | AP |", "| --- | ---: | ---: |"]
-    for row in per_class:
-        ap = row["AP"]
-        shown = "n/a" if ap is None or math.isnan(ap) else f"{100 * ap:.1f}"
-        lines.append(f"| {row['name']} | {row['category_id']} | {shown} |")
+    lines += [f"| {r['name']} | {r['category_id']} | {shown(r['AP'])} |" for r in per_class]
     return "\n".join(lines)

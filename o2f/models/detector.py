@@ -7,10 +7,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import batched_nms
 
 from o2f.assigners import LevelGrid
 from o2f.boxes import level_points
-from o2f.postprocess import nms_selection, rescale_boxes, select_topk
+from o2f.models.mask_branch import aligned_upsample
+from o2f.postprocess import rescale_boxes, select_topk
 
 
 def _flatten_levels(maps: Sequence[Tensor]) -> Tensor:
@@ -31,6 +33,13 @@ class O2FDetector(nn.Module):
         pixel_mean, pixel_std: RGB normalisation.
         score_thr, nms_pre, max_per_img: NMS-free selection (SPEC §4).
         nms: apply class-wise NMS at ``nms_iou`` (for comparison only).
+        mask_branch, controller, mask_head: the CondInst-style mask modules (all three or none):
+            :class:`o2f.models.mask_branch.MaskBranch` on the FPN levels, the controller conv on
+            the head's regression tower (:func:`o2f.models.dynamic_mask_head.controller_conv`)
+            and :class:`o2f.models.dynamic_mask_head.DynamicMaskHead`. With them, training adds
+            the losses of ``mask_criterion`` (:class:`o2f.criterion.CondInstMaskLoss`, which
+            needs an o2f / o2o ``criterion``) and each eval result gains ``masks``.
+        mask_thr: threshold of the mask probabilities at test time.
     """
 
     def __init__(
@@ -38,11 +47,17 @@ class O2FDetector(nn.Module):
         pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375), size_divisor: int = 32,
         score_thr: float = 0.05, nms_pre: int = 1000, max_per_img: int = 100,
-        nms: bool = False, nms_iou: float = 0.6,
+        nms: bool = False, nms_iou: float = 0.6, mask_branch: nn.Module | None = None,
+        controller: nn.Module | None = None, mask_head: nn.Module | None = None,
+        mask_criterion=None, mask_thr: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
         self.criterion = criterion
+        if len({mask_branch is None, controller is None, mask_head is None}) != 1:
+            raise ValueError("mask_branch, controller and mask_head go together (all or none)")
+        self.mask_branch, self.controller, self.mask_head = mask_branch, controller, mask_head
+        self.mask_criterion, self.mask_thr = mask_criterion, mask_thr
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
         self.size_divisor = size_divisor
@@ -52,6 +67,11 @@ class O2FDetector(nn.Module):
     @property
     def strides(self) -> tuple[int, ...]:
         return self.head.strides
+
+    @property
+    def with_masks(self) -> bool:
+        """Whether the model predicts instance masks."""
+        return self.mask_head is not None
 
     def set_epoch(self, epoch: int, max_epoch: int) -> None:
         """Tell the criterion which epoch is being trained (the soft-label schedule)."""
@@ -82,6 +102,24 @@ class O2FDetector(nn.Module):
         """Normalised batch (B, 3, H, W) -> per-level cls, ltrb and centerness maps."""
         return self.head(self.neck(self.backbone(batch)))
 
+    def forward_mask_maps(self, batch: Tensor):
+        """Normalised batch (B, 3, H, W) of a mask model -> per-level cls, ltrb and centerness
+        maps as :meth:`forward_maps`, per-level controller outputs (B, P, H_l, W_l), mask
+        features (B, num_bases, H_3, W_3) and semantic logits (B, C, H_3, W_3) (training with a
+        semantic head only, else None)."""
+        feats = self.neck(self.backbone(batch))
+        cls, ltrb, ctr, reg_feats = self.head.forward_with_reg_feats(feats)
+        params = [self.controller(f) for f in reg_feats]
+        mask_feats, sem_logits = self.mask_branch(feats)
+        return cls, ltrb, ctr, params, mask_feats, sem_logits
+
+    def point_soi(self, points: Sequence[Tensor]) -> Tensor:
+        """Size of interest of each point (N,) of the per-level points (relative coordinates)."""
+        soi = self.mask_head.sizes_of_interest
+        if soi.numel() != len(points):
+            raise ValueError(f"{soi.numel()} sizes of interest for {len(points)} levels")
+        return soi.repeat_interleave(torch.tensor([p.shape[0] for p in points], device=soi.device))
+
     def level_points(self, maps: Sequence[Tensor]) -> tuple[list[Tensor], Tensor, list[LevelGrid]]:
         """Per-level points (H_l W_l, 2), all strides (N,), and the level layout."""
         sizes = [tuple(m.shape[-2:]) for m in maps]
@@ -95,36 +133,114 @@ class O2FDetector(nn.Module):
 
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict] | None = None):
         """Training: returns the loss dict (targets need ``boxes`` and ``labels`` in the input
-        image's pixels). Eval: returns per image dicts ``boxes`` (K, 4), ``scores`` (K,),
-        ``labels`` (K,), rescaled by ``targets[i]["scale_factor"]`` when given."""
+        image's pixels, and for a mask model ``masks`` (G, h, w) at the input image's size).
+        Eval: returns per image dicts ``boxes`` (K, 4), ``scores`` (K,), ``labels`` (K,),
+        rescaled by ``targets[i]["scale_factor"]`` when given, and for a mask model ``masks``
+        (K, H0, W0) bool at ``targets[i]["orig_size"]`` (see :meth:`predict_masks`)."""
         batch, sizes = self.preprocess(images)
-        cls, ltrb, ctr = self.forward_maps(batch)
+        if self.with_masks:
+            cls, ltrb, ctr, params, mask_feats, sem_logits = self.forward_mask_maps(batch)
+        else:
+            cls, ltrb, ctr = self.forward_maps(batch)
         points, strides, grids = self.level_points(cls)
         if self.training:
             if targets is None or self.criterion is None:
                 raise ValueError("training needs targets and a criterion")
-            return self.criterion(
-                _flatten_levels(cls), _flatten_levels(ltrb), _flatten_levels(ctr).squeeze(-1),
-                torch.cat(points), strides, grids, targets,
-            )
-        return self.postprocess(cls, ltrb, ctr, points, sizes, targets)
+            flat = (_flatten_levels(cls), _flatten_levels(ltrb), _flatten_levels(ctr).squeeze(-1),
+                    torch.cat(points), strides, grids)
+            if not self.with_masks:
+                return self.criterion(*flat, targets)
+            if self.mask_criterion is None:
+                raise ValueError("training a mask model needs a mask_criterion")
+            targets = self.mask_criterion.prepare_targets(targets, batch.device)
+            losses, gt_index = self.criterion(*flat, targets, return_gt_index=True)
+            losses.update(self.mask_criterion(
+                self.mask_head, gt_index, _flatten_levels(params), mask_feats, sem_logits,
+                flat[3], self.point_soi(points), targets,
+            ))
+            return losses
+        mask_maps = (params, mask_feats) if self.with_masks else None
+        return self.postprocess(cls, ltrb, ctr, points, sizes, targets, mask_maps=mask_maps)
 
     @torch.no_grad()
-    def postprocess(self, cls, ltrb, ctr, points, sizes, targets=None) -> list[dict[str, Tensor]]:
-        """Per-image detections from the maps (see :func:`o2f.postprocess.select_topk`)."""
+    def postprocess(
+        self, cls, ltrb, ctr, points, sizes, targets=None, mask_maps=None,
+    ) -> list[dict[str, Tensor]]:
+        """Per-image detections from the maps (see :func:`o2f.postprocess.select_topk`); with
+        ``mask_maps`` (the per-level controller outputs and the mask features of
+        :meth:`forward_mask_maps`) also the detections' masks, in the same order."""
         keep = 10**9 if self.nms else self.max_per_img  # NMS needs every candidate
-        boxes, scores, labels, _ = select_topk(
+        boxes, scores, labels, point_idx = select_topk(
             cls, ltrb, ctr, points, sizes, score_thr=self.score_thr, nms_pre=self.nms_pre,
             max_per_img=keep,
         )
+        if mask_maps is not None:
+            params, mask_feats = _flatten_levels(mask_maps[0]), mask_maps[1]
+            flat_points, soi = torch.cat(points), self.point_soi(points)
         results = []
         for b in range(boxes.shape[0]):
-            valid = scores[b] > self.score_thr
-            det = (boxes[b][valid], scores[b][valid], labels[b][valid])
+            idx = (scores[b] > self.score_thr).nonzero().squeeze(1)
             if self.nms:
-                det = nms_selection(*det, self.nms_iou, self.max_per_img)
-            bx = det[0]
-            if targets is not None and "scale_factor" in targets[b]:
-                bx = rescale_boxes(bx, targets[b]["scale_factor"])
-            results.append({"boxes": bx, "scores": det[1], "labels": det[2]})
+                nms_keep = batched_nms(boxes[b][idx], scores[b][idx], labels[b][idx],
+                                       self.nms_iou)
+                idx = idx[nms_keep[: self.max_per_img]]
+            bx = boxes[b][idx]
+            target = targets[b] if targets is not None else None
+            if target is not None and "scale_factor" in target:
+                bx = rescale_boxes(bx, target["scale_factor"])
+            result = {"boxes": bx, "scores": scores[b][idx], "labels": labels[b][idx]}
+            if mask_maps is not None:
+                pidx = point_idx[b][idx]
+                height, width = (int(v) for v in sizes[b].tolist())
+                result["masks"] = self.predict_masks(
+                    mask_feats[b : b + 1], params[b, pidx], flat_points[pidx], soi[pidx],
+                    (height, width), _output_size(height, width, target),
+                )
+            results.append(result)
         return results
+
+    @torch.no_grad()
+    def predict_masks(
+        self, mask_feats: Tensor, params: Tensor, centers: Tensor, soi: Tensor,
+        image_size: tuple[int, int], out_size: tuple[int, int], chunk: int = 32,
+    ) -> Tensor:
+        """Binary masks of K detections of one image, as CondInst's inference: dynamic head ->
+        sigmoid at the out stride -> :func:`aligned_upsample` to the input resolution -> crop
+        to the unpadded image -> bilinear resize (align_corners=False) to ``out_size`` ->
+        probability > ``mask_thr``. Computed ``chunk`` detections at a time to bound memory.
+
+        Args:
+            mask_feats: (1, num_bases, H_3, W_3) the image's mask features.
+            params: (K, P) controller outputs of the detections' points.
+            centers: (K, 2) the points; soi: (K,) their levels' sizes of interest.
+            image_size: (h, w) of the resized, unpadded input image.
+            out_size: (H0, W0) of the output masks (the original image).
+
+        Returns:
+            (K, H0, W0) bool.
+        """
+        height, width = image_size
+        out = torch.zeros((params.shape[0], *out_size), dtype=torch.bool, device=params.device)
+        zeros = torch.zeros(params.shape[0], dtype=torch.long, device=params.device)
+        for s in range(0, params.shape[0], chunk):
+            sl = slice(s, s + chunk)
+            logits = self.mask_head(mask_feats, params[sl], zeros[sl], centers[sl], soi[sl])
+            probs = aligned_upsample(torch.sigmoid(logits)[:, None], self.mask_head.out_stride)
+            probs = probs[:, :, :height, :width]
+            if tuple(out_size) != (height, width):
+                probs = F.interpolate(probs, size=tuple(out_size), mode="bilinear",
+                                      align_corners=False)
+            out[sl] = probs[:, 0] > self.mask_thr
+        return out
+
+
+def _output_size(height: int, width: int, target: dict | None) -> tuple[int, int]:
+    """Size of the output masks: the target's ``orig_size`` (h, w), else the input size divided
+    by its ``scale_factor`` (sx, sy), else the input size."""
+    if target is not None and "orig_size" in target:
+        h0, w0 = (int(v) for v in target["orig_size"])
+        return h0, w0
+    if target is not None and "scale_factor" in target:
+        sx, sy = (float(v) for v in target["scale_factor"])
+        return round(height / sy), round(width / sx)
+    return height, width

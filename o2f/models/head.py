@@ -67,13 +67,22 @@ class O2FHead(nn.Module):
         """feats [(B, in_channels, H_l, W_l)] -> per level lists of
         cls logits (B, C, H_l, W_l), ltrb distances in pixels (B, 4, H_l, W_l),
         centerness logits (B, 1, H_l, W_l)."""
+        cls_out, reg_out, ctr_out, _ = self.forward_with_reg_feats(feats)
+        return cls_out, reg_out, ctr_out
+
+    def forward_with_reg_feats(
+        self, feats: Sequence[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """As :meth:`forward`, plus each level's regression-tower output (B, feat_channels, H_l,
+        W_l), the input of the CondInst controller."""
         if len(feats) != len(self.strides):
             raise ValueError(f"head got {len(feats)} levels for strides {self.strides}")
-        cls_out, reg_out, ctr_out = [], [], []
+        cls_out, reg_out, ctr_out, reg_feats = [], [], [], []
         for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
             cls_feat = self.cls_convs(x)
             reg_feat = self.reg_convs(x)
             cls_out.append(self.conv_cls(cls_feat))
             reg_out.append(F.relu(self.scales[level] * self.conv_reg(reg_feat)) * stride)
             ctr_out.append(self.conv_centerness(self.ctr_convs(reg_feat)))
-        return cls_out, reg_out, ctr_out
+            reg_feats.append(reg_feat)
+        return cls_out, reg_out, ctr_out, reg_feats

@@ -143,20 +143,86 @@ def test_exif_orientation_applied(tmp_path):
     assert image[0, :15].float().mean() > 200 and image[2, 25:].float().mean() > 200
 
     data["images"][0].update(width=40, height=30)
-    ds = CocoDetection(_write_json(tmp_path / "b.json", data), tmp_path / "img")
+    ds = CocoDetection(_write_json(tmp_path / "b.json", data), tmp_path / "img", strict=True)
     with pytest.raises(ValueError, match="r.jpg"):
         ds[0]
 
 
-def test_missing_and_unreadable_image_errors_name_the_file(tiny):
-    ann, img_dir, _ = tiny
-    ds = CocoDetection(ann, img_dir)
+def test_strict_missing_and_unreadable_image_errors_name_the_file(tiny, tmp_path):
+    _, img_dir, data = tiny
+    clean = {**data, "annotations": [a for a in data["annotations"] if a["id"] != 5]}
+    ann = _write_json(tmp_path / "clean.json", clean)  # no box outside its image
+    ds = CocoDetection(ann, img_dir, strict=True)
     (img_dir / "gray.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"gray\.png.*image id 2"):
         ds[ds.ids.index(2)]
     (img_dir / "rgba.png").write_bytes(b"not an image at all")
     with pytest.raises(OSError, match=r"rgba\.png.*image id 3"):
         ds[ds.ids.index(3)]
+    # Checked up front too: a missing file fails at construction, before any work.
+    with pytest.raises(FileNotFoundError, match=r"1 of 5 image files.*gray\.png.*image id"):
+        CocoDetection(ann, img_dir, strict=True)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_training_replaces_unreadable_images_and_reports_them(tiny, caplog):
+    ann, img_dir, _ = tiny
+    _truncate(img_dir / "rgb.jpg")  # image 1, a truncated JPEG
+    (img_dir / "cmyk.jpg").unlink()  # image 4, missing: left out up front
+    with caplog.at_level(logging.WARNING, logger="o2f.data.coco"):
+        train = CocoDetection(ann, img_dir, train=True)
+    assert "1 of 5 image files" in caplog.text and "cmyk.jpg" in caplog.text
+    assert train.missing_ids == [4] and train.ids == [1, 3]
+    image, target = train[0]  # image 1 cannot be read: image 3 comes instead
+    assert target["image_id"] == 3 and target["replaced_image_id"] == 1
+    assert image.shape == (3, 12, 24)
+    assert "rgb.jpg (image id 1)" in caplog.text and "using the next image" in caplog.text
+    _, ok = train[1]
+    assert ok["image_id"] == 3 and "replaced_image_id" not in ok
+
+
+def test_evaluation_keeps_unreadable_images_as_black_and_flagged(tiny, caplog):
+    ann, img_dir, _ = tiny
+    _truncate(img_dir / "rgb.jpg")
+    (img_dir / "cmyk.jpg").unlink()
+    with caplog.at_level(logging.WARNING, logger="o2f.data.coco"):
+        ds = CocoDetection(ann, img_dir)
+    assert ds.ids == [1, 2, 3, 4, 5]  # nothing dropped
+    assert "evaluated as images with no detections" in caplog.text
+    for image_id, size in ((1, (30, 40)), (4, (14, 18))):
+        image, target = ds[ds.ids.index(image_id)]
+        assert target["unreadable"] is True and target["image_id"] == image_id
+        assert image.shape == (3, *size) and int(image.max()) == 0
+    assert "unreadable" not in ds[ds.ids.index(2)][1]
+
+
+def test_bad_boxes_are_counted_or_strict_errors(tiny, tmp_path, caplog):
+    _, img_dir, data = tiny
+    data = json.loads(json.dumps(data))
+    data["annotations"].append(_ann(11, 1, 1, [3, 3, -4, 5]))  # negative width
+    data["annotations"].append(_ann(12, 1, 1, [3, 3, 5, 0], iscrowd=1))  # crowd: not bad data
+    bad = _write_json(tmp_path / "boxes.json", data)
+    with caplog.at_level(logging.WARNING, logger="o2f.data.coco"):
+        ds = CocoDetection(bad, img_dir, train=True)
+    # Annotation 5 lies right of the image; 3 and 4 are recipe filters (w or h < 1), not bad.
+    assert ds.bad_annotations == {"non_positive": [11], "outside": [5]}
+    assert "annotation id(s) 11" in caplog.text and "annotation id(s) 5" in caplog.text
+    with pytest.raises(ValueError, match=r"boxes\.json: 1 non-crowd box.*<= 0.*id\(s\) 11"):
+        CocoDetection(bad, img_dir, strict=True)
+
+
+def test_empty_dataset_is_an_error(tiny, tmp_path):
+    _, img_dir, data = tiny
+    empty = _write_json(tmp_path / "empty.json", {**data, "images": [], "annotations": []})
+    with pytest.raises(ValueError, match=r"empty\.json: no images \(0 images"):
+        CocoDetection(empty, img_dir)
+    no_boxes = _write_json(tmp_path / "nobox.json", {**data, "annotations": []})
+    with pytest.raises(ValueError, match=r"nobox\.json: no images with usable boxes"):
+        CocoDetection(no_boxes, img_dir, train=True)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +266,8 @@ def test_annotations_field_is_optional(tiny, tmp_path):
     data = {k: v for k, v in data.items() if k != "annotations"}
     ds = CocoDetection(_write_json(tmp_path / "test.json", data), img_dir)
     assert len(ds) == 5 and ds[0][1]["boxes"].shape == (0, 4)
-    assert len(CocoDetection(tmp_path / "test.json", img_dir, train=True)) == 0
+    with pytest.raises(ValueError, match="no images with usable boxes"):  # nothing to train on
+        CocoDetection(tmp_path / "test.json", img_dir, train=True)
 
 
 def test_transforms_and_collate(tiny):

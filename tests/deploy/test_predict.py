@@ -57,8 +57,9 @@ def test_boxes_are_in_original_pixels(detector, tiny_model, image_folder):
         ref = tiny_model([resized])[0]
     scale = torch.tensor([new_w / w, new_h / h] * 2)
     assert len(out["scores"]) == len(ref["scores"]) > 0
-    torch.testing.assert_close(out["boxes"], ref["boxes"] / scale)
-    torch.testing.assert_close(out["scores"], ref["scores"])
+    # the Detector folds BatchNorm into the convolutions: equal up to float rounding
+    torch.testing.assert_close(out["boxes"], ref["boxes"] / scale, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out["scores"], ref["scores"], rtol=0, atol=1e-5)
     assert torch.equal(out["labels"], ref["labels"])
     assert out["names"] == [CLASS_NAMES[i] for i in out["labels"].tolist()]
     assert (out["scores"][:-1] >= out["scores"][1:]).all()

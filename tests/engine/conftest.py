@@ -19,3 +19,11 @@ def tiny_overrides(paths, *extra):
         f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_images']}",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_coco_masks(tmp_path_factory):
+    """As ``tiny_coco`` with each object's visible pixels as its RLE instance mask."""
+    root = tmp_path_factory.mktemp("tiny_coco_masks")
+    return generate_synthetic_coco(root, 6, 3, image_size=(128, 128), seed=1,
+                                   num_objects=(3, 6), size_range=(16, 80), with_masks=True)
