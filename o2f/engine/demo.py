@@ -47,7 +47,7 @@ def prediction_picture(model, dataset, device, path: Path, count: int = 8) -> No
             det = model([image.to(device)], [target])[0]
             info = dataset.image_info(index)
             original = load_rgb_image(Path(dataset.img_dir) / info["file_name"], info["id"])
-            original = torch.from_numpy(np.asarray(original)).permute(2, 0, 1)
+            original = torch.from_numpy(np.array(original)).permute(2, 0, 1)
             masks = det["masks"].cpu() if "masks" in det else None
             pictures.append(draw_detections(original, det["boxes"].cpu(), det["labels"].cpu(),
                                             det["scores"].cpu(), dataset.class_names,
