@@ -2,9 +2,10 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--json-out FILE]
 
-Names: assign_g10 assign_g50 assign_g100 assign_g300 assign_g1000 infer_r50 postprocess
-train_step_r50 train_step_small assign_share_g300 onnxruntime data_pipeline (``--only assign``
-selects every assign_g*). Threads: ``O2F_BENCH_THREADS`` (default 2). Unless the environment
+Names: assign_g10 assign_g50 assign_g100 assign_g300 assign_g1000 infer_r50 infer_r50_unfused
+postprocess postprocess_noisy train_step_r50 train_step_small assign_share_g300 onnxruntime
+onnxruntime_small data_pipeline (``--only assign`` selects every assign_g*; ``--quick`` skips the
+R-50 ``onnxruntime`` row). Threads: ``O2F_BENCH_THREADS`` (default 2). Unless the environment
 already sets it, ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads: on a shared machine
 libgomp's default spin-waiting makes code with many small ops (the assigner) 5-50x slower
 whenever another process holds a core, which measures the neighbours, not the code.
@@ -142,10 +143,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from benchmarks import train_step
 
         rows += timed("train_step", lambda: train_step.run(a.quick, tr))
-    if "onnxruntime" in chosen:
+    onnx = tuple(n for n in ("onnxruntime", "onnxruntime_small") if n in chosen)
+    if onnx:
         from benchmarks import onnxruntime_bench
 
-        rows += timed("onnxruntime_bench", lambda: onnxruntime_bench.run(a.quick))
+        rows += timed("onnxruntime_bench", lambda: onnxruntime_bench.run(a.quick, onnx))
     if "data_pipeline" in chosen:
         from benchmarks import data_pipeline
 

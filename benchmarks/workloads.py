@@ -33,7 +33,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from o2f.builders import build_detector
 from o2f.config import Config, load_config
-from o2f.models.fuse import fuse_conv_bn
+from o2f.models.fuse import for_inference
 
 NUM_CLASSES = 80
 SMALL_OVERRIDES = [
@@ -205,13 +205,14 @@ def train_step(side: str, variant: str, height: int | None = None, width: int | 
 def infer_workload(side: str, height: int = 800, width: int = 1333,
                    fused: bool = True) -> Callable[[], Any]:
     """Whole-model inference of one image with ours or torchvision's FCOS R-50 (eval). Ours is
-    run as ``Detector`` and ``o2f test`` run it, BatchNorm folded into the convolutions
-    (:func:`o2f.models.fuse.fuse_conv_bn`), unless ``fused`` is False."""
+    run as ``Detector`` and ``o2f test`` run it (:func:`o2f.models.fuse.for_inference`:
+    BatchNorm folded into the convolutions, channels-last on the CPU), unless ``fused`` is
+    False (the model as built)."""
     images = make_images(1, height, width)
     if side == "ours":
         model = build_ours(r50_config(), train=False)
         if fused:
-            model = fuse_conv_bn(model)
+            model = for_inference(model)
     else:
         model = tv_fcos_r50(train=False)
         model.transform.min_size, model.transform.max_size = (height,), max(height, width)

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# libgomp (torch's OpenMP on Linux) reads OMP_WAIT_POLICY once, when torch is first imported.
+# Its default spin-waiting made a small training step up to 8x slower whenever another process
+# (a data-loader worker, another job) held a core; PASSIVE threads sleep instead. Set before
+# anything imports torch (the sub-command modules are imported in build_parser), and only when
+# the user has not chosen.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # module paths of the sub-commands, in the order ``o2f --help`` lists them
 COMMANDS = [

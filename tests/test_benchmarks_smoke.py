@@ -56,3 +56,18 @@ def test_result_ratio_and_table():
     assert result("y", None, 1.0, "s")["ratio"] is None
     table = markdown_table([row], {"x": "<= 1"}, {"x": "met"})
     assert "| x | 2 | 4 | 0.500 | ms |" in table and "met" in table
+
+
+def test_postprocess_rows_count_candidates_and_background():
+    """The ``postprocess`` rows on small maps: the trained-like background gives almost no
+    candidates of its own, the noisy one gives most of them."""
+    from benchmarks import inference
+
+    rows = inference.run(quick=True, only=("postprocess", "postprocess_noisy"), height=256,
+                         width=384)
+    for row, name in zip(rows, ("postprocess", "postprocess_noisy"), strict=True):
+        check_row(row, name)
+        assert row["detections_ours"] > 0 and row["detections_baseline"] > 0
+    trained, noisy = rows
+    assert trained["background_candidates"] < 0.05 * trained["candidates"]
+    assert noisy["background_candidates"] > 0.5 * noisy["candidates"]

@@ -205,7 +205,8 @@ def export_onnx(
 ) -> str:
     """Export ``model`` (an O2FDetector) with :class:`ExportableDetector` to ``path``.
 
-    The model is exported on its own device in eval mode; ``metadata`` entries are stored as
+    The model is exported on its own device in eval mode, from a copy with its BatchNorm folded
+    into the convolutions (:func:`o2f.models.fuse.fuse_conv_bn`); ``metadata`` entries are stored as
     JSON strings in the model's ``metadata_props`` (``o2f.*`` keys). The file is checked with
     :func:`check_onnx_model` before it is written.
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from o2f.config import Config
 from o2f.data import build_transforms, load_rgb_image
-from o2f.models.fuse import fuse_conv_bn
+from o2f.models.fuse import for_inference
 
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
@@ -68,7 +68,7 @@ class Detector:
     def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any] | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = fuse_conv_bn(model).to(self.device)  # eval-only copy, BatchNorm folded
+        self.model = for_inference(model.to(self.device))  # eval-only copy, BatchNorm folded
         self.cfg = cfg
         self.meta = dict(meta or {})
         num_classes = self.model.head.num_classes

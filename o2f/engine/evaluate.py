@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from o2f import distributed as du
 from o2f.data import collate
-from o2f.models.fuse import fuse_conv_bn
+from o2f.models.fuse import for_inference
 
 METRIC_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
 SEGM_KEYS = ("segm_mAP", "segm_mAP_50", "segm_mAP_75", "segm_mAP_s", "segm_mAP_m", "segm_mAP_l")
@@ -61,7 +61,7 @@ def run_inference(
                         pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
-    net = fuse_conv_bn(model)  # eval-only copy with BatchNorm folded: same detections, faster
+    net = for_inference(model)  # eval-only copy, BatchNorm folded: same detections, faster
     local: dict[int, dict[str, torch.Tensor]] = {}
     unreadable: list[int] = []
     for images, targets in tqdm(loader, desc=desc, disable=not du.is_main_process(),
