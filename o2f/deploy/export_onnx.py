@@ -46,6 +46,16 @@ AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 # Example input traced by the exporter: batch 2 and every pyramid level at least 2 x 2, so that
 # no dimension is specialised to 1 (the graph still runs on any size, see the tests).
 EXAMPLE_SIZE = (160, 192)
+# Swin-T: torchvision's shifted-window attention turns the shift off on a map no larger than one
+# window (7), a branch torch.export fixes from the example. 256 px gives every stage (down to
+# stride 32: 8 x 8) a map larger than a window, so the graph takes any side over 224 px.
+SWIN_MIN_EXAMPLE = 256
+SWIN_MIN_SIDE = 225
+
+
+class ExportShapeError(RuntimeError):
+    """The exported graph does not run, or differs from PyTorch, at an input shape other than
+    the example it was traced with."""
 
 
 def _flat(maps: Sequence[Tensor]) -> Tensor:
@@ -181,6 +191,44 @@ def onnx_op_counts(proto) -> Counter:
     return counts
 
 
+@torch.no_grad()
+def verify_other_shape(proto, wrapper: ExportableDetector, example_size: tuple[int, int],
+                       swin: bool = False) -> None:
+    """Run the exported graph with onnxruntime on one image of a size other than the traced
+    example (batch 1, +32 / +96 px) and compare its scores with PyTorch's, so that a graph whose
+    exporter fixed a size-dependent branch is refused here rather than failing at deployment.
+    Skipped (with a warning) when onnxruntime is not installed.
+
+    Raises:
+        ExportShapeError: the graph fails at that shape or its scores differ by more than 1e-4.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.warning("onnxruntime is not installed: the exported graph was not run")
+        return
+    h, w = example_size[0] + 32, example_size[1] + 96
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8, generator=gen)
+    device = next(wrapper.parameters()).device
+    expected = wrapper(image.to(device))[1].float().cpu()
+    limits = (f" (Swin-T graphs take images with both sides >= {SWIN_MIN_SIDE} px)"
+              if swin else "")
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        scores = session.run([OUTPUT_NAMES[1]], {INPUT_NAME: image.numpy()})[0]
+    except Exception as err:
+        raise ExportShapeError(
+            f"the exported graph fails on a 1x3x{h}x{w} input although it was traced at "
+            f"{example_size[0]}x{example_size[1]}: {err}{limits}") from err
+    diff = float((torch.from_numpy(scores) - expected).abs().max())
+    if diff > 1e-4:
+        raise ExportShapeError(
+            f"the exported graph's scores differ from PyTorch's by {diff:.3g} on a 1x3x{h}x{w} "
+            f"input (traced at {example_size[0]}x{example_size[1]}){limits}")
+
+
 def check_onnx_model(proto_or_path) -> Counter:
     """``onnx.checker`` (with shape inference) and the absence of NonMaxSuppression.
 
@@ -225,6 +273,9 @@ def export_onnx(
                     "scores and labels only (masks are not exported)")
     wrapper = ExportableDetector(fuse_conv_bn(model)).eval()  # BatchNorm folded (a copy)
     device = next(model.parameters()).device
+    swin = type(getattr(model, "backbone", None)).__name__ == "SwinBackbone"
+    if swin:
+        example_size = tuple(max(s, SWIN_MIN_EXAMPLE) for s in example_size)
     gen = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 3, *example_size), dtype=torch.uint8, generator=gen)
     example = example.to(device)
@@ -245,6 +296,7 @@ def export_onnx(
              **{f"o2f.{k}": v for k, v in (metadata or {}).items()}}
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in props.items()})
     check_onnx_model(proto)
+    verify_other_shape(proto, wrapper, example_size, swin)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
