@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -11,6 +12,18 @@ from o2f.config import load_config
 from o2f.engine.checkpoint import save_checkpoint
 
 CLASS_NAMES = ["circle", "square", "triangle"]
+
+
+def blob_picture(w: int = 150, h: int = 100, seed: int = 0) -> np.ndarray:
+    """(h, w, 3) uint8 with four smooth coloured discs rather than noise, so JPEG keeps them and
+    the model sees structure."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w, 3), 40.0)
+    for _ in range(4):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 30)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    return img.astype(np.uint8)
 TINY = {
     "model": {
         "num_classes": 3,

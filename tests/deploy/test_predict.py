@@ -14,27 +14,16 @@ from torchvision.transforms.v2 import functional as F
 from o2f.data import resized_size
 from o2f.deploy.predict import Detector, find_images
 from o2f.visualize import MIN_PICTURE_SIDE
-from tests.deploy.conftest import CLASS_NAMES
-
-
-def _picture(w: int, h: int, seed: int) -> np.ndarray:
-    """Smooth blobs rather than noise, so JPEG keeps them and the model sees structure."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.full((h, w, 3), 40.0)
-    for _ in range(4):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 30)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    return img.astype(np.uint8)
+from tests.deploy.conftest import CLASS_NAMES, blob_picture
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
     (root / "sub").mkdir()
-    Image.fromarray(_picture(150, 100, 0)).save(root / "a.png")
-    Image.fromarray(_picture(90, 140, 1)).save(root / "sub" / "b.jpg", quality=95)
-    Image.fromarray(_picture(60, 60, 2)).save(root / "sub" / "a.png")  # same stem, other dir
+    Image.fromarray(blob_picture(150, 100, 0)).save(root / "a.png")
+    Image.fromarray(blob_picture(90, 140, 1)).save(root / "sub" / "b.jpg", quality=95)
+    Image.fromarray(blob_picture(60, 60, 2)).save(root / "sub" / "a.png")  # same stem, other dir
     (root / "broken.jpg").write_bytes(b"this is not a JPEG")
     (root / "notes.txt").write_text("ignored")
     return root

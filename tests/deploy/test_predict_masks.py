@@ -13,6 +13,7 @@ from o2f.data.coco import decode_segmentation
 from o2f.deploy import predict as predict_module
 from o2f.deploy.predict import Detector, detections_to_json, format_json
 from o2f.visualize import MASK_ALPHA, class_colors, draw_detections, draw_masks
+from tests.deploy.conftest import blob_picture
 
 
 class BoxMaskModel(torch.nn.Module):
@@ -42,18 +43,8 @@ def mask_detector(tiny_checkpoint):
     return Detector(BoxMaskModel(plain.model), plain.cfg, plain.meta, "cpu")
 
 
-def _image(w=150, h=100, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.full((h, w, 3), 40.0)
-    for _ in range(4):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 30)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    return img.astype(np.uint8)
-
-
 def test_predict_passes_masks_through(mask_detector):
-    image = _image()
+    image = blob_picture()
     out = mask_detector.predict(image, score_thr=0.2)
     k = len(out["scores"])
     assert k > 0 and (out["scores"] > 0.2).all()
@@ -91,7 +82,7 @@ def test_draw_masks_hand_computed():
 
 
 def test_drawing_masks_changes_pixels_inside_the_masks_only():
-    image = torch.from_numpy(_image(700, 660, 3)).permute(2, 0, 1).contiguous()
+    image = torch.from_numpy(blob_picture(700, 660, 3)).permute(2, 0, 1).contiguous()
     yy, xx = torch.meshgrid(torch.arange(660), torch.arange(700), indexing="ij")
     disc = (xx - 200) ** 2 + (yy - 300) ** 2 < 80**2
     blob = (xx > 400) & (xx < 600) & (yy > 100) & (yy < 250)
@@ -127,7 +118,7 @@ def test_small_pictures_enlarge_masks_too():
 
 
 def test_cli_predict_writes_masks(cli, mask_detector, tmp_path, monkeypatch):
-    Image.fromarray(_image()).save(tmp_path / "a.png")
+    Image.fromarray(blob_picture()).save(tmp_path / "a.png")
     monkeypatch.setattr(predict_module.Detector, "from_checkpoint",
                         classmethod(lambda cls, *args, **kwargs: mask_detector))
     out = tmp_path / "pred"
