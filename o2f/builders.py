@@ -86,10 +86,7 @@ def build_mask_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
     from o2f.models.dynamic_mask_head import DynamicMaskHead, controller_conv
     from o2f.models.mask_branch import MaskBranch
 
-    m, k = cfg.model, cfg.model.mask
-    if m.assigner not in ("o2f", "o2o"):
-        raise ConfigError(f"model.mask.enabled needs model.assigner o2f or o2o, got "
-                          f"{m.assigner!r}")
+    m, k = cfg.model, cfg.model.mask  # validate() already checked model.assigner
     mask_head = DynamicMaskHead(
         k.num_bases, k.dynamic_channels, k.dynamic_layers, k.sizes_of_interest,
         feat_stride=m.strides[0], out_stride=k.out_stride, rel_coords=k.rel_coords,

@@ -136,12 +136,12 @@ def select_topk(
     return boxes, scores, labels, point_idx
 
 
-def nms_selection(
+def nms_keep(
     boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, max_per_img: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Class-wise NMS of one image's candidates (K, 4), (K,), (K,), keeping max_per_img."""
-    keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_per_img]
-    return boxes[keep], scores[keep], labels[keep]
+) -> Tensor:
+    """Class-wise NMS of one image's candidates (K, 4), (K,), (K,): the indices (<= max_per_img,
+    highest score first) of those kept, so that masks or point indices follow the boxes."""
+    return batched_nms(boxes, scores, labels, iou_threshold)[:max_per_img]
 
 
 def rescale_boxes(boxes: Tensor, scale_factor: Sequence[float]) -> Tensor:

@@ -183,10 +183,16 @@ def _usable_boxes(
 
     order = np.argsort(pos[keep], kind="stable")
     boxes = np.stack((x1, y1, x2, y2), axis=1)[keep][order].astype(np.float32)
-    counts = np.bincount(pos[keep], minlength=len(image_ids))
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    offsets = _offsets(pos[keep], len(image_ids))
     rows = np.flatnonzero(keep)[order].astype(np.int64)
     return boxes.reshape(-1, 4), labels[keep][order], offsets, bad, rows
+
+
+def _offsets(image_pos: np.ndarray, num_images: int) -> np.ndarray:
+    """Per-image row offsets (num_images + 1,) int64 of rows grouped by image, given each
+    row's image position (M,): image i owns rows offsets[i]:offsets[i + 1]."""
+    counts = np.bincount(image_pos, minlength=num_images)
+    return np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
 
 
 def segmentation_problem(segm: Any, height: int, width: int) -> str | None:
@@ -382,9 +388,9 @@ class CocoDetection(Dataset):
             raise ValueError(msg + " (data.strict=true)")
         logger.warning("%s: not used as training targets", msg)
         keep = ~np.isin(self._rows, np.array(list(problems), dtype=np.int64))
-        image_pos = np.repeat(np.arange(len(self._offsets) - 1), np.diff(self._offsets))
-        counts = np.bincount(image_pos[keep], minlength=len(self._offsets) - 1)
-        self._offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        num_images = len(self._offsets) - 1
+        image_pos = np.repeat(np.arange(num_images), np.diff(self._offsets))
+        self._offsets = _offsets(image_pos[keep], num_images)
         self._boxes, self._labels, self._rows = (
             self._boxes[keep], self._labels[keep], self._rows[keep])
 

@@ -7,12 +7,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from o2f.assigners import LevelGrid
 from o2f.boxes import level_points
 from o2f.models.mask_branch import aligned_upsample
-from o2f.postprocess import rescale_boxes, select_topk
+from o2f.postprocess import nms_keep, rescale_boxes, select_topk
 
 
 def _flatten_levels(maps: Sequence[Tensor]) -> Tensor:
@@ -181,9 +180,8 @@ class O2FDetector(nn.Module):
         for b in range(boxes.shape[0]):
             idx = (scores[b] > self.score_thr).nonzero().squeeze(1)
             if self.nms:
-                nms_keep = batched_nms(boxes[b][idx], scores[b][idx], labels[b][idx],
-                                       self.nms_iou)
-                idx = idx[nms_keep[: self.max_per_img]]
+                idx = idx[nms_keep(boxes[b][idx], scores[b][idx], labels[b][idx],
+                                   self.nms_iou, self.max_per_img)]
             bx = boxes[b][idx]
             target = targets[b] if targets is not None else None
             if target is not None and "scale_factor" in target:
