@@ -77,14 +77,26 @@ def overrides_for(assigner: str, args: argparse.Namespace, paths: dict[str, Path
 def evaluate(model, dataset, device: torch.device, cfg, nms: bool) -> dict[str, float]:
     """Box mAP and duplicate rate of ``model`` on ``dataset`` with NMS on or off."""
     from o2f.engine.evaluate import run_inference
-    from o2f.evaluation.coco import detections_to_coco_results, evaluate_coco
-    from o2f.evaluation.duplicates import duplicate_rate
 
     model.nms = nms
     dets = run_inference(model, dataset, device, cfg.test.batch_size, cfg.data.workers,
                          desc=f"test nms={nms}")
+    return detection_metrics([dets[i] for i in dataset.ids], dataset)
+
+
+def detection_metrics(per_image: list[dict], dataset) -> dict[str, float]:
+    """Box mAP, AP50, duplicate rate and detections per image of any detector's output.
+
+    Args:
+        per_image: one dict per image of ``dataset`` in ``dataset.ids`` order, with ``boxes``
+            (K, 4) x1, y1, x2, y2 in original-image pixels, ``scores`` (K,) and ``labels`` (K,)
+            contiguous labels (``dataset.cat_ids[label]`` is the category id).
+        dataset: an ``o2f.data.CocoDetection`` (its ``coco``, ``ids`` and ``cat_ids``).
+    """
+    from o2f.evaluation.coco import detections_to_coco_results, evaluate_coco
+    from o2f.evaluation.duplicates import duplicate_rate
+
     image_ids = list(dataset.ids)
-    per_image = [dets[i] for i in image_ids]
     results = detections_to_coco_results(per_image, image_ids, dataset.cat_ids)
     metrics = evaluate_coco(dataset.coco, results, image_ids)
     return {"bbox_mAP": metrics["bbox_mAP"], "bbox_mAP_50": metrics["bbox_mAP_50"],
@@ -103,7 +115,7 @@ def run_assigner(assigner: str, args: argparse.Namespace, paths: dict[str, Path]
     trainer.run()
     train_s = time.perf_counter() - start
     val_set = build_val_dataset(trainer.cfg)
-    model = trainer.model
+    model = trainer.eval_model()  # the EMA of the weights with train.ema=true
     row: dict[str, Any] = {"name": f"nms_free_{assigner}", "assigner": assigner}
     for nms in (False, True):
         suffix = "nms" if nms else "no_nms"

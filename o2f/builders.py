@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from o2f.config import (
+    BackboneConfig,
     Config,
     ConfigError,
     apply_overrides,
@@ -16,6 +17,10 @@ from o2f.config import (
 from o2f.criterion import O2FCriterion
 from o2f.engine.checkpoint import CheckpointError, load_model_weights
 from o2f.models import FPN, O2FDetector, O2FHead, ResNetBackbone, SwinBackbone
+
+# overrides for a model whose every weight comes from a checkpoint: no backbone weights are
+# downloaded or read from a file
+WEIGHTS_FROM_CHECKPOINT = ("model.backbone.pretrained=false", "model.backbone.weights=")
 
 
 def build_criterion(cfg: Config, num_classes: int):
@@ -58,11 +63,7 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
     num_classes = num_classes or m.num_classes
     if not num_classes:
         raise ConfigError("model.num_classes is not set and no dataset gave it")
-    b = m.backbone
-    if b.name == "swin_t":
-        backbone = SwinBackbone(b.pretrained, b.frozen_stages, b.drop_path)
-    else:
-        backbone = ResNetBackbone(b.depth, b.pretrained, b.frozen_stages, b.norm_eval)
+    backbone = build_backbone(m.backbone)
     neck = FPN(backbone.out_channels, m.fpn.channels, num_extra=len(m.strides) - 3)
     h = m.head
     head = O2FHead(
@@ -75,7 +76,63 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
         pixel_std=m.pixel_std, size_divisor=m.size_divisor, score_thr=t.score_thr,
         nms_pre=t.nms_pre, max_per_img=t.max_per_img, nms=nms_enabled(cfg), nms_iou=t.nms_iou,
         **(build_mask_modules(cfg, num_classes) if m.mask.enabled else {}),
+        **(build_aux_modules(cfg, num_classes) if m.aux.enabled else {}),
     )
+
+
+def build_aux_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The training-only one-to-many outputs of ``model.aux`` as :class:`O2FDetector` keyword
+    arguments: the head on the towers, its FCOS criterion (``model.fcos``, the FCOS recipe's
+    GIoU weight) and the weight of its losses."""
+    from o2f.criterion import RECIPE_BBOX_WEIGHT, FCOSCriterion
+    from o2f.models.head import AuxO2MHead
+
+    m = cfg.model
+    return {
+        "aux_head": AuxO2MHead(num_classes, m.head.feat_channels, m.strides, m.head.prior_prob),
+        "aux_criterion": FCOSCriterion(
+            num_classes, center_radius=m.assign.center_radius,
+            regress_ranges=tuple(tuple(r) for r in m.fcos.regress_ranges),
+            focal_alpha=m.fcos.focal_alpha, focal_gamma=m.fcos.focal_gamma,
+            bbox_weight=RECIPE_BBOX_WEIGHT["fcos"]),
+        "aux_weight": m.aux.weight,
+    }
+
+
+def build_backbone(b: BackboneConfig) -> ResNetBackbone | SwinBackbone:
+    """The backbone of ``model.backbone``, with its ``weights`` file loaded when one is given
+    (then nothing is downloaded, whatever ``pretrained`` says)."""
+    download = b.pretrained and not b.weights
+    if b.name == "swin_t":
+        backbone = SwinBackbone(download, b.frozen_stages, b.drop_path)
+    else:
+        backbone = ResNetBackbone(b.depth, download, b.frozen_stages, b.norm_eval)
+    if b.weights:
+        load_backbone_weights(backbone, b.weights)
+    return backbone
+
+
+def load_backbone_weights(backbone: ResNetBackbone | SwinBackbone, path: str | Path) -> None:
+    """Load a torchvision ResNet / Swin-T state dict from a ``.pth`` or ``.safetensors`` file
+    (a ``state_dict`` / ``model`` wrapper and a ``backbone.`` / ``body.`` prefix are accepted;
+    the classifier's ``fc`` / ``head`` keys are ignored).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or its keys or shapes do not fit, named
+            with the first offending keys.
+    """
+    from o2f.deploy.weights import read_state_dict
+    from o2f.models.backbone import load_torchvision_weights
+
+    try:
+        state = read_state_dict(path, strip_prefixes=("backbone.", "body."))
+    except CheckpointError as err:
+        raise ConfigError(f"model.backbone.weights: {err}") from err
+    try:
+        load_torchvision_weights(backbone, state)
+    except ValueError as err:
+        raise ConfigError(f"model.backbone.weights: {path} does not fit the "
+                          f"{type(backbone).__name__}: {err}") from err
 
 
 def build_mask_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
@@ -128,7 +185,7 @@ def detector_from_checkpoint(
         cfg = config_from_dict(stored, f"{path} config")
     else:
         raise CheckpointError(f"{path} has no stored config; give the config explicitly")
-    cfg = apply_overrides(cfg, [*overrides, "model.backbone.pretrained=false"])
+    cfg = apply_overrides(cfg, [*overrides, *WEIGHTS_FROM_CHECKPOINT])
     num_classes = meta.get("num_classes") or cfg.model.num_classes
     if not num_classes and "head.conv_cls.weight" in state:
         num_classes = int(state["head.conv_cls.weight"].shape[0])

@@ -32,6 +32,9 @@ class BackboneConfig:
     frozen_stages: int = 1  # -1 none, 0 stem (Swin: patch embedding), 1 + layer1 (Swin: stage 1)
     norm_eval: bool = True  # BatchNorm statistics frozen (ResNet only; Swin has no BatchNorm)
     drop_path: float = 0.2  # Swin only: stochastic depth rate of the last block
+    # a local .pth / .safetensors torchvision ResNet or Swin-T state dict, loaded in place of
+    # downloading the `pretrained` ImageNet weights ("": none)
+    weights: str = ""
 
 
 @dataclass
@@ -77,6 +80,15 @@ class FCOSConfig:
 
 
 @dataclass
+class AuxConfig:
+    """Training-only one-to-many outputs on the head's towers (``o2f.models.head.AuxO2MHead``),
+    trained with the FCOS assignment and losses of ``model.fcos``; off: the paper's head."""
+
+    enabled: bool = False
+    weight: float = 1.0  # multiplies each of its losses (loss_aux_cls, _bbox, _ctr)
+
+
+@dataclass
 class MaskConfig:
     """CondInst-style instance masks (Tian et al., ECCV 2020) on the detector, trained with the
     o2f (or o2o) assignment; off: boxes only. Defaults: AdelaiDet's CondInst and the o2f
@@ -115,6 +127,7 @@ class ModelConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
 
 
 @dataclass
@@ -133,6 +146,11 @@ class DataConfig:
     train_short: list[int] = field(default_factory=lambda: [800, 800])  # short side lo..hi
     test_short: int = 800
     flip_prob: float = 0.5
+    crop_prob: float = 0.0  # train: random crop before the resize (RandomCropBoxes); 0 off
+    crop_min_scale: float = 0.5  # ... each crop side at least this fraction of the image side
+    color_jitter: float = 0.0  # train: brightness/contrast/saturation jitter strength; 0 off
+    repeat: int = 1  # train: passes over the training images per epoch (small data sets)
+    group_by_aspect: bool = True  # train: each batch all landscape or all portrait images
     batch_size: int = 2  # images per process
     workers: int = 2  # loader processes per training process
     strict: bool = False  # turn documented skips of bad data into errors
@@ -150,8 +168,10 @@ class OptimConfig:
     norm_decay: float = 0.0  # weight decay of norm layers and Swin relative-position tables
     warmup_iters: int = 1000
     warmup_ratio: float = 0.001
+    schedule: str = "step"  # step: x gamma at each of steps | cosine: over the whole run
     steps: list[int] = field(default_factory=lambda: [9, 12])  # 1-based epochs: lr *= gamma
     gamma: float = 0.1
+    min_lr_ratio: float = 0.05  # cosine: final lr / lr
 
 
 @dataclass
@@ -165,6 +185,11 @@ class TrainConfig:
     log_interval: int = 50  # iterations
     max_iters_per_epoch: int = 0  # 0: the whole epoch (a cap is for smoke tests)
     nonfinite: str = "error"  # error | skip: a step whose loss is NaN/inf
+    ema: bool = False  # keep an EMA of the weights; validation and deployment use it
+    ema_decay: float = 0.9998  # decay d: ema = d_k * ema + (1 - d_k) * weights after each step
+    ema_warmup: int = 2000  # d_k = d * (1 - exp(-k / ema_warmup)) at update k; 0: d_k = d
+    patience: int = 0  # stop after this many validations without a better AP; 0: off
+    keep_checkpoints: int = 1  # newest epoch_N.pth files kept; 0: none written, -1: all
 
 
 @dataclass
@@ -409,11 +434,19 @@ def validate(cfg: Config) -> None:
     _check(m.loss.bbox_weight is None or m.loss.bbox_weight >= 0, "model.loss.bbox_weight",
            "must be >= 0", m.loss.bbox_weight)
     _validate_mask(m)
+    _check(m.aux.weight >= 0, "model.aux.weight", "must be >= 0", m.aux.weight)
+    _check(not (m.aux.enabled and m.mask.enabled), "model.aux.enabled",
+           "is for box models only (not with model.mask.enabled)", m.aux.enabled)
     _check(d.max_size >= 32, "data.max_size", "must be >= 32", d.max_size)
     _check(len(d.train_short) == 2 and 1 <= d.train_short[0] <= d.train_short[1],
            "data.train_short", "must be [lo, hi] with 1 <= lo <= hi", d.train_short)
     _check(d.test_short >= 1, "data.test_short", "must be >= 1", d.test_short)
     _check(0 <= d.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]", d.flip_prob)
+    _check(0 <= d.crop_prob <= 1, "data.crop_prob", "must be in [0, 1]", d.crop_prob)
+    _check(0 < d.crop_min_scale <= 1, "data.crop_min_scale", "must be in (0, 1]",
+           d.crop_min_scale)
+    _check(0 <= d.color_jitter < 1, "data.color_jitter", "must be in [0, 1)", d.color_jitter)
+    _check(d.repeat >= 1, "data.repeat", "must be >= 1", d.repeat)
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
     _check(d.workers >= 0, "data.workers", "must be >= 0", d.workers)
     _check(o.name in ("sgd", "adamw"), "optim.name", "must be sgd or adamw", o.name)
@@ -426,6 +459,9 @@ def validate(cfg: Config) -> None:
     _check(all(s >= 1 for s in o.steps) and o.steps == sorted(o.steps), "optim.steps",
            "must be increasing 1-based epochs", o.steps)
     _check(0 < o.gamma <= 1, "optim.gamma", "must be in (0, 1]", o.gamma)
+    _check(o.schedule in ("step", "cosine"), "optim.schedule", "must be step or cosine",
+           o.schedule)
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", o.min_lr_ratio)
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            "must be two values in [0, 1)", o.betas)
     _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
@@ -437,6 +473,13 @@ def validate(cfg: Config) -> None:
            t.max_iters_per_epoch)
     _check(t.nonfinite in ("error", "skip"), "train.nonfinite", "must be error or skip",
            t.nonfinite)
+    _check(0 < t.ema_decay < 1, "train.ema_decay", "must be in (0, 1)", t.ema_decay)
+    _check(t.ema_warmup >= 0, "train.ema_warmup", "must be >= 0", t.ema_warmup)
+    _check(t.patience >= 0, "train.patience", "must be >= 0", t.patience)
+    _check(t.patience == 0 or t.val_interval > 0, "train.patience",
+           "needs validation during training (train.val_interval >= 1)", t.patience)
+    _check(t.keep_checkpoints >= -1, "train.keep_checkpoints", "must be >= -1",
+           t.keep_checkpoints)
     _check(0 <= te.score_thr < 1, "test.score_thr", "must be in [0, 1)", te.score_thr)
     _check(te.nms_pre >= 1, "test.nms_pre", "must be >= 1", te.nms_pre)
     _check(te.max_per_img >= 1, "test.max_per_img", "must be >= 1", te.max_per_img)

@@ -2,6 +2,7 @@
 
 from o2f.data.coco import (
     CocoDetection,
+    Repeated,
     category_ids_from_labels,
     collate,
     decode_segmentation,
@@ -21,6 +22,7 @@ from o2f.data.transforms import (
 __all__ = [
     "SHAPE_CLASSES",
     "CocoDetection",
+    "Repeated",
     "Compose",
     "KeepRatioResize",
     "RandomHorizontalFlip",

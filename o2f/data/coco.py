@@ -429,6 +429,16 @@ class CocoDetection(Dataset):
         """The ``images`` record of item ``index`` (id, file_name, width, height, ...)."""
         return self.coco.imgs[self.ids[index]]
 
+    def target_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The target boxes of every item, without reading an image: float32 (M, 4) x1, y1, x2,
+        y2 in original-image pixels, and int64 (M,) the item index of each box."""
+        num_images = len(self._offsets) - 1
+        item_of = np.full(num_images, -1, dtype=np.int64)
+        item_of[self._positions] = np.arange(len(self._positions))
+        items = np.repeat(item_of, np.diff(self._offsets))
+        kept = items >= 0
+        return self._boxes[kept], items[kept]
+
     def _read_image(self, info: dict) -> Tensor:
         """The image of an ``images`` record as uint8 (3, h, w), checked against its size."""
         path = self.img_dir / info["file_name"]
@@ -480,6 +490,25 @@ class CocoDetection(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+class Repeated(Dataset):
+    """``dataset`` seen ``times`` times per epoch: item i is ``dataset[i % len(dataset)]``, so a
+    shuffling sampler visits every image ``times`` times, each with fresh augmentation."""
+
+    def __init__(self, dataset: Dataset, times: int = 1) -> None:
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+    def image_info(self, index: int) -> dict:
+        return self.dataset.image_info(index % len(self.dataset))
 
 
 def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:

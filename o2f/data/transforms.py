@@ -1,4 +1,4 @@
-"""Joint image + box transforms for detection (keep-ratio resize, horizontal flip).
+"""Joint image + box transforms for detection (keep-ratio resize, flip, crop, colour jitter).
 
 A sample is ``(image, target)``: ``image`` a uint8 (3, H, W) RGB tensor, ``target`` a dict with
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import ColorJitter, InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 Target = dict[str, Any]
@@ -168,13 +168,84 @@ class RandomHorizontalFlip:
         return f"{type(self).__name__}(p={self.p})"
 
 
+class RandomCropBoxes:
+    """Crop a random window of the image with probability p (before resizing: the crop is then
+    resized like any image, which zooms in on the objects it keeps).
+
+    Each side of the window is a fraction of the image side drawn uniformly from
+    ``[min_scale, 1]``, the window placed uniformly. Boxes are clipped to the window; a box
+    keeps less than ``min_visible`` of its area, or less than 1 px per side, is dropped (with
+    its label and mask). Up to ``tries`` windows are drawn until one keeps at least one box;
+    if none does the image is left uncropped.
+    """
+
+    def __init__(self, p: float = 0.5, min_scale: float = 0.5, min_visible: float = 0.4,
+                 tries: int = 10):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"crop probability must be in [0, 1], got {p}")
+        if not 0.0 < min_scale <= 1.0:
+            raise ValueError(f"crop min_scale must be in (0, 1], got {min_scale}")
+        self.p, self.min_scale, self.min_visible, self.tries = p, min_scale, min_visible, tries
+
+    def _window(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of one random window."""
+        fh, fw, ty, tx = torch.rand(4).tolist()
+        ch = max(1, round(h * (self.min_scale + (1 - self.min_scale) * fh)))
+        cw = max(1, round(w * (self.min_scale + (1 - self.min_scale) * fw)))
+        return int(ty * (h - ch + 1)), int(tx * (w - cw + 1)), ch, cw
+
+    def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
+        if torch.rand(()).item() >= self.p:
+            return image, target
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        boxes = _wrap_boxes(target, h, w)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for _ in range(self.tries):
+            top, left, ch, cw = self._window(h, w)
+            shifted = boxes.as_subclass(Tensor) - torch.tensor([left, top, left, top],
+                                                               dtype=boxes.dtype)
+            clipped = torch.stack((shifted[:, 0].clamp(0, cw), shifted[:, 1].clamp(0, ch),
+                                   shifted[:, 2].clamp(0, cw), shifted[:, 3].clamp(0, ch)), 1)
+            cw_, ch_ = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+            keep = (cw_ >= 1) & (ch_ >= 1) & (cw_ * ch_ >= self.min_visible * area)
+            if keep.any():
+                break
+        else:
+            return image, target
+        target = dict(target)
+        image = F.crop(image, top, left, ch, cw)
+        target["boxes"] = tv_tensors.BoundingBoxes(clipped[keep], format="XYXY",
+                                                   canvas_size=(ch, cw))
+        target["labels"] = target["labels"][keep]
+        if "masks" in target:
+            target["masks"] = tv_tensors.Mask(
+                target["masks"].as_subclass(Tensor)[keep][:, top:top + ch, left:left + cw])
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(p={self.p}, min_scale={self.min_scale}, "
+                f"min_visible={self.min_visible})")
+
+
+def color_jitter(strength: float) -> ColorJitter:
+    """torchvision's ColorJitter with brightness, contrast and saturation factors drawn from
+    [1 - strength, 1 + strength] and hue shifts up to strength / 10 (image only; boxes and
+    masks pass through)."""
+    return ColorJitter(brightness=strength, contrast=strength, saturation=strength,
+                       hue=min(0.5, strength / 10))
+
+
 def build_transforms(
     train: bool,
     max_size: int = 1333,
     short_sizes: tuple[int, int] = (800, 800),
     flip_prob: float = 0.5,
+    crop_prob: float = 0.0,
+    crop_min_scale: float = 0.5,
+    color_strength: float = 0.0,
 ) -> Compose:
-    """The SPEC §5 pipeline: keep-ratio resize, then (train only) horizontal flip.
+    """The SPEC §5 pipeline: keep-ratio resize, then (train only) horizontal flip; optionally
+    (train only) a random crop before the resize and colour jitter after the flip.
 
     Args:
         train: training pipeline (multi-scale and flip allowed) or test pipeline.
@@ -183,12 +254,20 @@ def build_transforms(
             scale, so at test lo must equal hi (test sizes differ from the multi-scale train
             range, e.g. CrowdHuman trains at 480..960 and tests at 800).
         flip_prob: horizontal flip probability (train only; test never flips).
+        crop_prob, crop_min_scale: :class:`RandomCropBoxes` probability and smallest side
+            fraction (0: no crop).
+        color_strength: :func:`color_jitter` strength (0: none).
     """
     if not train:
         if short_sizes[0] != short_sizes[1]:
             raise ValueError(f"test transforms are single scale; got short_sizes={short_sizes}")
         return Compose([KeepRatioResize(max_size, short_sizes)])
-    steps: list[Transform] = [KeepRatioResize(max_size, short_sizes)]
+    steps: list[Transform] = []
+    if crop_prob > 0:
+        steps.append(RandomCropBoxes(crop_prob, crop_min_scale))
+    steps.append(KeepRatioResize(max_size, short_sizes))
     if flip_prob > 0:
         steps.append(RandomHorizontalFlip(flip_prob))
+    if color_strength > 0:
+        steps.append(color_jitter(color_strength))
     return Compose(steps)

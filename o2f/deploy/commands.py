@@ -33,7 +33,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 # -- export ------------------------------------------------------------------------------------
 def _export_model(args: argparse.Namespace):
     """(model, cfg, meta) from the checkpoint, or randomly initialised from the config."""
-    from o2f.builders import build_detector, detector_from_checkpoint
+    from o2f.builders import WEIGHTS_FROM_CHECKPOINT, build_detector, detector_from_checkpoint
     from o2f.config import ConfigError, load_config
 
     if args.checkpoint:
@@ -41,7 +41,7 @@ def _export_model(args: argparse.Namespace):
         return detector_from_checkpoint(args.checkpoint, config, args.overrides)
     if args.config == "-":
         raise ConfigError("CONFIG '-' (the checkpoint's config) needs a CHECKPOINT")
-    cfg = load_config(args.config, [*args.overrides, "model.backbone.pretrained=false"])
+    cfg = load_config(args.config, [*args.overrides, *WEIGHTS_FROM_CHECKPOINT])
     if not cfg.model.num_classes:
         raise ConfigError(f"config '{args.config}' does not set model.num_classes; give a "
                           "CHECKPOINT or --set model.num_classes=N")

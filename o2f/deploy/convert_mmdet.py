@@ -281,7 +281,7 @@ def convert_mmdet_checkpoint(
         the meta written (``num_classes``, ``class_names``, ``cat_ids``, ``source``), plus
         ``config``: the config used.
     """
-    from o2f.builders import build_detector
+    from o2f.builders import WEIGHTS_FROM_CHECKPOINT, build_detector
     from o2f.deploy.coco_classes import COCO_CAT_IDS, COCO_CLASSES
     from o2f.deploy.weights import is_safetensors, save_safetensors_weights
 
@@ -322,7 +322,7 @@ def convert_mmdet_checkpoint(
                 f"config '{config}' has model.mask.sizes_of_interest="
                 f"{cfg.model.mask.sizes_of_interest}, but the authors' CondInst code uses 8 x "
                 f"stride = {expected_soi}")
-    model = build_detector(apply_overrides(cfg, ["model.backbone.pretrained=false"]))
+    model = build_detector(apply_overrides(cfg, list(WEIGHTS_FROM_CHECKPOINT)))
     weights = convert_mmdet_state_dict(mmdet_sd, model.state_dict().keys())
     load_model_weights(model, weights, source=f"{src} (converted)")
     mm_meta = ckpt.get("meta") or {}

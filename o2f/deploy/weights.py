@@ -77,8 +77,43 @@ def read_weights(
     path: str | Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
     """State dict, stored config (plain data or None) and meta of a ``.pth`` checkpoint or a
-    ``.safetensors`` file, both read without unpickling arbitrary objects."""
+    ``.safetensors`` file, both read without unpickling arbitrary objects. The state dict is
+    the checkpoint's deploy weights, ``model`` (the EMA weights of a run with ``train.ema``),
+    never its ``model_raw``."""
     if is_safetensors(path):
         return load_safetensors_weights(path)
     state = load_checkpoint(path)
     return state["model"], state.get("config"), dict(state.get("meta") or {})
+
+
+def read_state_dict(
+    path: str | Path, strip_prefixes: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """A plain state dict from a ``.safetensors`` file or a ``.pth`` file (read with
+    ``torch.load(weights_only=True)``), such as ``torchvision.models.resnet50().state_dict()``
+    saved with ``torch.save``. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is
+    unwrapped, and each prefix of ``strip_prefixes`` that every key has is removed, in order.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or holds no mapping of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    if is_safetensors(path):
+        state: Any = load_safetensors_weights(path)[0]
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt archive, or objects weights_only refuses
+            raise CheckpointError(f"{path} could not be read safely: {err}") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not (isinstance(state, dict) and state
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    for prefix in strip_prefixes:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state

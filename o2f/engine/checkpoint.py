@@ -5,6 +5,12 @@ data), ``meta`` (``class_names``, ``cat_ids``, ``num_classes``) and, for trainin
 ``optimizer``, ``scheduler``, ``epoch`` (epochs completed), ``iteration``, ``rng`` and
 ``scaler``. Everything in it is tensors and plain Python data, so it loads with
 ``torch.load(weights_only=True)``.
+
+``model`` always holds the weights to deploy, the ones every loader (``o2f test``, ``predict``,
+``export``, :class:`o2f.Detector`) reads. When training kept an EMA of the weights
+(``train.ema``), those are the EMA weights, and the checkpoint also has ``model_raw`` (the
+trained weights, which ``--resume`` continues from) and ``ema`` (its update count). Training
+checkpoints also keep ``hooks``, the state of the training hooks (best AP so far, early stop).
 """
 
 from __future__ import annotations
@@ -76,3 +82,20 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
             parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
         raise CheckpointError(f"{source} does not fit this model: " + " | ".join(parts))
     model.load_state_dict(weights)
+
+
+def prune_epoch_checkpoints(work_dir: str | Path, keep: int, epoch: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``epoch_N.pth`` files of ``work_dir`` with N <=
+    ``epoch`` (``keep`` -1: delete none). Files of later epochs (left by an earlier, longer run
+    in the same folder) are not touched. Returns the deleted paths."""
+    if keep < 0:
+        return []
+    found = []
+    for path in Path(work_dir).glob("epoch_*.pth"):
+        number = path.stem[len("epoch_"):]
+        if number.isdigit() and int(number) <= epoch:
+            found.append((int(number), path))
+    old = [path for _, path in sorted(found)[: max(0, len(found) - keep)]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old

@@ -74,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, args.work_dir)
     metrics = trainer.run()
     work_dir = Path(args.work_dir)
-    prediction_picture(trainer.model, trainer.val_set, trainer.device,
+    prediction_picture(trainer.eval_model(), trainer.val_set, trainer.device,
                        work_dir / "predictions.png")
     elapsed = time.perf_counter() - start
     print("\n" + " ".join(f"{k}={metrics[k]:.4f}" for k in headline_keys(metrics)))

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from o2f import distributed as du
 from o2f.data import collate
+from o2f.evaluation.duplicates import duplicate_rate
 from o2f.models.fuse import for_inference
 
 METRIC_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
@@ -23,11 +24,20 @@ logger = logging.getLogger(__name__)
 
 
 def headline_keys(metrics: dict) -> tuple[str, ...]:
-    """The metrics a run reports: COCO box AP (and mask AP for a mask model), or CrowdHuman's
-    AP / mMR / Recall / JI."""
+    """The metrics a run reports: COCO box AP (and mask AP for a mask model) and the duplicate
+    rate, or CrowdHuman's AP / mMR / Recall / JI."""
     if "mMR" in metrics:
         return CROWDHUMAN_KEYS
-    return METRIC_KEYS + SEGM_KEYS if "segm_mAP" in metrics else METRIC_KEYS
+    keys = METRIC_KEYS + SEGM_KEYS if "segm_mAP" in metrics else METRIC_KEYS
+    return keys + ("dup_rate",) if "dup_rate" in metrics else keys
+
+
+def primary_metric(metrics: dict) -> str:
+    """The AP that ranks checkpoints (``best.pth``, ``train.patience``): CrowdHuman's ``AP``,
+    ``segm_mAP`` for a mask model, else ``bbox_mAP``."""
+    if "mMR" in metrics:
+        return "AP"
+    return "segm_mAP" if "segm_mAP" in metrics else "bbox_mAP"
 
 
 def metrics_for_file(metrics: dict) -> dict[str, float]:
@@ -105,8 +115,9 @@ def coco_evaluate(
 
     Returns:
         metrics (empty on ranks other than 0) and the detections. For COCO-format data: the
-        ``bbox_mAP`` ... keys (and ``segm_mAP`` ... when the model predicts masks) and
-        ``per_class``, and detections in the COCO results format with the dataset's own
+        ``bbox_mAP`` ... keys (and ``segm_mAP`` ... when the model predicts masks),
+        ``dup_rate`` (:func:`o2f.evaluation.duplicates.duplicate_rate`: what NMS would remove)
+        and ``per_class``, and detections in the COCO results format with the dataset's own
         category ids (with an RLE ``segmentation`` for a mask model). For CrowdHuman
         ``.odgt`` data: ``AP``, ``mMR``, ``Recall``, ``JI`` (SPEC §7), and detections as
         ``.odgt`` records.
@@ -127,6 +138,8 @@ def coco_evaluate(
                        if du.is_main_process() else {})
         except ValueError as e:  # e.g. mask AP asked of annotations without masks
             raise ValueError(f"{dataset.ann_file}: {e}") from e
+        if metrics:
+            metrics["dup_rate"] = duplicate_rate(dets)
     if metrics and report["unreadable_ids"]:
         metrics["unreadable_images"] = len(report["unreadable_ids"])
     return metrics, records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 
 import torch
 from torch import nn
@@ -54,17 +55,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_batch_size: int):
 
 
 class LRSchedule:
-    """Linear warm-up by iteration from ``warmup_ratio`` x lr, then x ``gamma`` at the start of
-    each 1-based epoch in ``steps``. Stateless: the factor is a function of (iteration, epoch),
-    so a resumed run recomputes it from the counters in the checkpoint."""
+    """Linear warm-up by iteration from ``warmup_ratio`` x lr, then either x ``gamma`` at the
+    start of each 1-based epoch in ``steps`` (``schedule: step``, SPEC §6) or a cosine from 1 to
+    ``min_lr_ratio`` over the whole run (``schedule: cosine``; needs ``total_iters``), which
+    follows any ``train.epochs`` without editing the steps. Stateless: the factor is a function
+    of (iteration, epoch), so a resumed run recomputes it from the counters in the checkpoint."""
 
-    def __init__(self, cfg: OptimConfig) -> None:
+    def __init__(self, cfg: OptimConfig, total_iters: int | None = None) -> None:
         self.warmup_iters, self.warmup_ratio = cfg.warmup_iters, cfg.warmup_ratio
         self.steps, self.gamma = list(cfg.steps), cfg.gamma
+        self.schedule, self.min_lr_ratio = cfg.schedule, cfg.min_lr_ratio
+        if self.schedule == "cosine" and not total_iters:
+            raise ValueError("optim.schedule=cosine needs the total number of iterations")
+        self.total_iters = total_iters
 
     def factor(self, iteration: int, epoch: int) -> float:
         """lr multiplier at global ``iteration`` (0-based) in 0-based ``epoch``."""
-        decay = self.gamma ** bisect.bisect_right(self.steps, epoch + 1)
+        if self.schedule == "cosine":
+            progress = min(1.0, iteration / self.total_iters)
+            decay = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+                1 + math.cos(math.pi * progress))
+        else:
+            decay = self.gamma ** bisect.bisect_right(self.steps, epoch + 1)
         if iteration < self.warmup_iters:
             k = (1 - iteration / self.warmup_iters) * (1 - self.warmup_ratio)
             return decay * (1 - k)

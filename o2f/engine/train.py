@@ -12,16 +12,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from o2f import distributed as du
 from o2f.builders import build_detector
 from o2f.config import Config, ConfigError, dump_config
-from o2f.data import CocoDetection, build_transforms, collate
-from o2f.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from o2f.data import CocoDetection, Repeated, build_transforms, collate
+from o2f.data.sampler import AspectGroupedBatchSampler
+from o2f.data.summary import log_dataset_summary, summarize_dataset
+from o2f.engine.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    prune_epoch_checkpoints,
+    save_checkpoint,
+)
 from o2f.engine.distributed_setup import init_distributed
+from o2f.engine.ema import ModelEMA
 from o2f.engine.evaluate import coco_evaluate, headline_keys, metrics_for_file
+from o2f.engine.hooks import Hook, build_hooks
 from o2f.engine.logs import get_logger, plot_loss_curve, setup_logging, write_json
 from o2f.engine.optim import LRSchedule, build_optimizer
 
@@ -54,7 +63,8 @@ def build_datasets(cfg: Config, with_val: bool) -> tuple[CocoDetection, CocoDete
     d = cfg.data
     for split in ("train", "val") if with_val else ("train",):  # before any slow loading
         _check_split_paths(cfg, split)
-    train_tf = build_transforms(True, d.max_size, tuple(d.train_short), d.flip_prob)
+    train_tf = build_transforms(True, d.max_size, tuple(d.train_short), d.flip_prob,
+                                d.crop_prob, d.crop_min_scale, d.color_jitter)
     train_set = CocoDetection(d.train.ann_file, d.train.img_dir, train_tf, train=True,
                               strict=d.strict, with_masks=cfg.model.mask.enabled)
     val_set = build_val_dataset(cfg) if with_val else None
@@ -114,23 +124,26 @@ class Trainer:
                     if self.world > 1 else self.model)
         total_batch = cfg.data.batch_size * self.world
         self.optimizer = build_optimizer(self.model, cfg.optim, total_batch)
-        self.schedule = LRSchedule(cfg.optim)
         self.amp = t.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True,
+        epoch_set = Repeated(self.train_set, cfg.data.repeat)
+        self.sampler = DistributedSampler(epoch_set, self.world, self.rank, shuffle=True,
                                           seed=t.seed)
         self.loader_rng = torch.Generator()
         self.loader = DataLoader(
-            self.train_set, cfg.data.batch_size, sampler=self.sampler,
+            epoch_set, batch_sampler=self._batch_sampler(epoch_set),
             num_workers=cfg.data.workers, collate_fn=collate, worker_init_fn=_seed_worker,
             generator=self.loader_rng, pin_memory=self.device.type == "cuda",
         )
+        self.schedule = LRSchedule(cfg.optim, self.iters_per_epoch() * t.epochs)
         self.epoch = 0  # epochs completed
         self.iteration = 0
         self.history: list[dict[str, Any]] = []  # per-epoch summaries
         self.curve: list[dict[str, float]] = []  # logged iterations
         self.skipped_steps = 0
         self.replaced_images = 0  # unreadable training images replaced by the next one
+        self.ema = ModelEMA(self.model, t.ema_decay, t.ema_warmup) if t.ema else None
+        self.hooks: list[Hook] = build_hooks(cfg, self.ema, self.val_set is not None)
         if resume:
             self._resume()
         if self.main:
@@ -142,6 +155,7 @@ class Trainer:
                           len(self.train_set.missing_ids), num_classes,
                           self.world, total_batch, self.optimizer.param_groups[0]["lr"],
                           self.device)
+            self._summarize_dataset()
         self.tb = None
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -154,24 +168,45 @@ class Trainer:
                 "cat_ids": [int(c) for c in self.train_set.cat_ids],
                 "num_classes": int(self.cfg.model.num_classes)}
 
+    def eval_model(self) -> torch.nn.Module:
+        """The model that validation uses and checkpoints deploy: the EMA of the weights when
+        ``train.ema`` is on, else the trained model (unwrapped from DDP)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _deploy_state(self) -> dict[str, Any]:
+        return {"model": self.eval_model().state_dict(), "epoch": self.epoch,
+                "iteration": self.iteration, "config": self.cfg.to_dict(), "meta": self._meta()}
+
     def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch,
-            "iteration": self.iteration, "config": self.cfg.to_dict(), "meta": self._meta(),
-            "history": self.history, "curve": self.curve, "skipped_steps": self.skipped_steps,
-            "replaced_images": self.replaced_images,
+        state = {
+            **self._deploy_state(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "history": self.history, "curve": self.curve,
+            "skipped_steps": self.skipped_steps, "replaced_images": self.replaced_images,
+            "hooks": {h.name: h.state_dict() for h in self.hooks if h.name},
         }
+        if self.ema is not None:  # "model" holds the EMA weights (see o2f.engine.checkpoint)
+            state["model_raw"] = self.model.state_dict()
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def save(self) -> None:
+        """Write ``last.pth`` and, every ``train.checkpoint_interval`` epochs, ``epoch_N.pth``
+        (then only the newest ``train.keep_checkpoints`` of those are kept)."""
         if not self.main:
             return
-        state = self._state()
-        if self.epoch % self.cfg.train.checkpoint_interval == 0:
+        t, state = self.cfg.train, self._state()
+        if t.keep_checkpoints != 0 and self.epoch % t.checkpoint_interval == 0:
             save_checkpoint(state, self.work_dir / f"epoch_{self.epoch}.pth")
         save_checkpoint(state, self.work_dir / "last.pth")
+        prune_epoch_checkpoints(self.work_dir, t.keep_checkpoints, self.epoch)
         self.log.info("saved checkpoint after epoch %d (iteration %d)", self.epoch,
                       self.iteration)
+
+    def save_deploy_checkpoint(self, name: str, extra: dict[str, Any]) -> None:
+        """Write ``work_dir/name`` with the deploy weights, config, meta and ``extra``
+        (rank 0; a no-op elsewhere)."""
+        if self.main:
+            save_checkpoint({**self._deploy_state(), **extra}, self.work_dir / name)
 
     def _resume(self) -> None:
         path = self.work_dir / "last.pth"
@@ -179,7 +214,10 @@ class Trainer:
             self.log.warning("--resume: no %s yet, starting from scratch", path)
             return
         state = load_checkpoint(path, map_location=self.device)
-        load_model_weights(self.model, state["model"], str(path))
+        load_model_weights(self.model, state.get("model_raw", state["model"]), str(path))
+        self._resume_ema(state, path)
+        for hook in self.hooks:
+            hook.load_state_dict(state.get("hooks", {}).get(hook.name, {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
@@ -188,6 +226,26 @@ class Trainer:
         self.replaced_images = int(state.get("replaced_images", 0))
         self.log.info("resumed from %s: %d epochs done, iteration %d", path, self.epoch,
                       self.iteration)
+
+    def _resume_ema(self, state: dict[str, Any], path: Path) -> None:
+        if self.ema is None:
+            return
+        if "ema" in state:
+            self.ema.load(state["model"], state["ema"])
+        else:  # the run had no EMA so far: it starts from the resumed weights
+            self.ema.load(self.model.state_dict(), {"updates": 0})
+            self.log.warning("%s has no EMA of the weights: the EMA starts now", path)
+
+    def _summarize_dataset(self) -> None:
+        d = self.cfg.data
+        summary = summarize_dataset(self.train_set, d.max_size, d.train_short,
+                                    self.cfg.model.strides[0])
+        write_json(self.work_dir / "dataset_summary.json", summary)
+        log_dataset_summary(summary, self.log)
+
+    def _call_hooks(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
 
     # -- training ----------------------------------------------------------------------------
     def _finite_values(self, losses: dict[str, torch.Tensor]) -> dict[str, float] | None:
@@ -212,6 +270,31 @@ class Trainer:
                          self.iteration, terms, self.skipped_steps)
         return None
 
+    def _step(self, loss: torch.Tensor) -> None:
+        """Backward pass and optimizer step (through the AMP scaler), then the hooks'
+        ``after_step`` unless the scaler skipped the step for inf/NaN gradients."""
+        scale = self.scaler.get_scale()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() >= scale:  # a skipped step lowers the scale
+            self._call_hooks("after_step")
+
+    def _batch_sampler(self, epoch_set: Repeated) -> BatchSampler:
+        """Batches of the distributed sampler's indices, grouped by orientation when
+        data.group_by_aspect is on."""
+        batch = self.cfg.data.batch_size
+        if not self.cfg.data.group_by_aspect:
+            return BatchSampler(self.sampler, batch, drop_last=False)
+        infos = (epoch_set.image_info(i) for i in range(len(epoch_set)))
+        landscape = [info["width"] >= info["height"] for info in infos]
+        return AspectGroupedBatchSampler(self.sampler, landscape, batch)
+
+    def iters_per_epoch(self) -> int:
+        """Iterations of one epoch: the loader's length, capped by train.max_iters_per_epoch."""
+        cap = self.cfg.train.max_iters_per_epoch
+        return min(len(self.loader), cap) if cap else len(self.loader)
+
     def train_epoch(self) -> dict[str, float]:
         cfg, epoch = self.cfg, self.epoch
         self.model.set_epoch(epoch, cfg.train.epochs)
@@ -220,9 +303,7 @@ class Trainer:
         self.loader_rng.manual_seed(seed)
         torch.manual_seed(seed)
         self.ddp.train()
-        num_iters = len(self.loader)
-        if cfg.train.max_iters_per_epoch:
-            num_iters = min(num_iters, cfg.train.max_iters_per_epoch)
+        num_iters = self.iters_per_epoch()
         sums: dict[str, float] = defaultdict(float)
         window: dict[str, float] = defaultdict(float)
         window_n = steps_ok = 0
@@ -242,10 +323,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             values = self._finite_values(losses)
             if values is not None:
-                loss = sum(losses.values())
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                self._step(sum(losses.values()))
                 for k, val in values.items():
                     sums[k] += val
                     window[k] += val
@@ -285,7 +363,7 @@ class Trainer:
         return summary
 
     def validate(self) -> dict[str, Any]:
-        metrics, _ = coco_evaluate(self.model, self.val_set, self.device,
+        metrics, _ = coco_evaluate(self.eval_model(), self.val_set, self.device,
                                    self.cfg.test.batch_size, self.cfg.data.workers)
         if self.main:
             keys = headline_keys(metrics)
@@ -300,12 +378,14 @@ class Trainer:
         """Train the remaining epochs; returns the last validation metrics (may be empty)."""
         cfg = self.cfg.train
         metrics: dict[str, Any] = {}
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self._should_stop():
             summary = self.train_epoch()
-            last = self.epoch == cfg.epochs
-            if self.val_set is not None and (last or self.epoch % cfg.val_interval == 0):
+            if self.val_set is not None and (self.epoch == cfg.epochs
+                                             or self.epoch % cfg.val_interval == 0):
                 metrics = self.validate()
                 summary.update(metrics_for_file(metrics) if metrics else {})
+                self._call_hooks("after_validation", metrics, summary)
+            last = self.epoch == cfg.epochs or self._should_stop()
             self.history.append(summary)
             if last or self.epoch % cfg.checkpoint_interval == 0:
                 self.save()
@@ -315,7 +395,8 @@ class Trainer:
             du.barrier()
         if self.main:
             final = metrics_for_file(metrics) if metrics else {}
-            write_json(self.work_dir / "metrics.json", {**final, "epochs": self.epoch,
+            results = {k: v for hook in self.hooks for k, v in hook.results().items()}
+            write_json(self.work_dir / "metrics.json", {**final, **results, "epochs": self.epoch,
                                                         "iterations": self.iteration,
                                                         "skipped_steps": self.skipped_steps,
                                                         "replaced_images": self.replaced_images})
@@ -323,10 +404,14 @@ class Trainer:
                 self.tb.close()
         return metrics
 
+    def _should_stop(self) -> bool:
+        return any(hook.should_stop() for hook in self.hooks)
+
 
 def train(cfg: Config, work_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` into ``work_dir`` (checkpoints ``last.pth`` and ``epoch_N.pth``, logs,
-    TensorBoard, ``loss_curve.png``, ``metrics.json``). Returns the last validation metrics."""
+    """Train ``cfg`` into ``work_dir`` (checkpoints ``last.pth``, ``epoch_N.pth`` and
+    ``best.pth``, logs, TensorBoard, ``loss_curve.png``, ``history.json``, ``metrics.json``,
+    ``dataset_summary.json``). Returns the last validation metrics."""
     return Trainer(cfg, work_dir, resume).run()
 
 

@@ -25,6 +25,8 @@ modules run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -173,6 +175,32 @@ def _lean_block(block: nn.Module, x: Tensor) -> Tensor:
     return F.relu(out, inplace=True)
 
 
+def load_torchvision_weights(backbone: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy a torchvision classifier's state dict (e.g. ``resnet50().state_dict()``) into
+    ``backbone``, which maps its own keys to torchvision's with ``torchvision_key`` (None: a
+    layer of its own, not in the file) and names the classifier keys to ignore in
+    ``classifier_prefixes``. A missing ``num_batches_tracked`` keeps the backbone's.
+
+    Raises:
+        ValueError: missing, unexpected or mis-shaped keys; one line naming the first ones
+            (torchvision's names).
+    """
+    own = backbone.state_dict()
+    wanted = {name: key for key in own if (name := backbone.torchvision_key(key)) is not None}
+    given = {k: v for k, v in state.items()
+             if not k.startswith(backbone.classifier_prefixes)}
+    missing = [k for k in wanted if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in wanted]
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[wanted[k]].shape)})"
+              for k, v in given.items() if k in wanted and v.shape != own[wanted[k]].shape]
+    problems = [f"{what} ({len(keys)}): {', '.join(keys[:5])}" for what, keys in
+                (("unexpected keys", unexpected), ("missing keys", missing),
+                 ("shape mismatches", shapes)) if keys]
+    if problems:
+        raise ValueError("; ".join(problems))
+    backbone.load_state_dict({**own, **{wanted[k]: v for k, v in given.items()}})
+
+
 class ResNetBackbone(nn.Module):
     """ResNet ("pytorch" style: stride in the 3x3 conv) giving C3, C4, C5 (strides 8, 16, 32).
 
@@ -202,6 +230,16 @@ class ResNetBackbone(nn.Module):
         for stage in self._frozen():
             for p in stage.parameters():
                 p.requires_grad_(False)
+
+    classifier_prefixes = ("fc.",)  # torchvision keys not used by the backbone
+
+    @staticmethod
+    def torchvision_key(key: str) -> str:
+        """torchvision ResNet's name of a state-dict key (the stem is conv1, bn1)."""
+        for own, theirs in (("stem.0.", "conv1."), ("stem.1.", "bn1.")):
+            if key.startswith(own):
+                return theirs + key[len(own):]
+        return key
 
     def _frozen(self) -> list[nn.Module]:
         stages = [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]

@@ -39,6 +39,10 @@ class O2FDetector(nn.Module):
             the losses of ``mask_criterion`` (:class:`o2f.criterion.CondInstMaskLoss`, which
             needs an o2f / o2o ``criterion``) and each eval result gains ``masks``.
         mask_thr: threshold of the mask probabilities at test time.
+        aux_head, aux_criterion: training-only one-to-many outputs
+            (:class:`o2f.models.head.AuxO2MHead`) on the head's towers and their criterion
+            (:class:`o2f.criterion.FCOSCriterion`); their losses join the dict as ``loss_aux_*``
+            times ``aux_weight``. Inference never runs them.
     """
 
     def __init__(
@@ -48,7 +52,8 @@ class O2FDetector(nn.Module):
         score_thr: float = 0.05, nms_pre: int = 1000, max_per_img: int = 100,
         nms: bool = False, nms_iou: float = 0.6, mask_branch: nn.Module | None = None,
         controller: nn.Module | None = None, mask_head: nn.Module | None = None,
-        mask_criterion=None, mask_thr: float = 0.5,
+        mask_criterion=None, mask_thr: float = 0.5, aux_head: nn.Module | None = None,
+        aux_criterion=None, aux_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
@@ -57,6 +62,9 @@ class O2FDetector(nn.Module):
             raise ValueError("mask_branch, controller and mask_head go together (all or none)")
         self.mask_branch, self.controller, self.mask_head = mask_branch, controller, mask_head
         self.mask_criterion, self.mask_thr = mask_criterion, mask_thr
+        if (aux_head is None) != (aux_criterion is None):
+            raise ValueError("aux_head and aux_criterion go together (both or none)")
+        self.aux_head, self.aux_criterion, self.aux_weight = aux_head, aux_criterion, aux_weight
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
         self.size_divisor = size_divisor
@@ -137,6 +145,8 @@ class O2FDetector(nn.Module):
         rescaled by ``targets[i]["scale_factor"]`` when given, and for a mask model ``masks``
         (K, H0, W0) bool at ``targets[i]["orig_size"]`` (see :meth:`predict_masks`)."""
         batch, sizes = self.preprocess(images)
+        if self.training and self.aux_head is not None:
+            return self._train_with_aux(batch, targets)
         if self.with_masks:
             cls, ltrb, ctr, params, mask_feats, sem_logits = self.forward_mask_maps(batch)
         else:
@@ -145,8 +155,7 @@ class O2FDetector(nn.Module):
         if self.training:
             if targets is None or self.criterion is None:
                 raise ValueError("training needs targets and a criterion")
-            flat = (_flatten_levels(cls), _flatten_levels(ltrb), _flatten_levels(ctr).squeeze(-1),
-                    torch.cat(points), strides, grids)
+            flat = self._flat(cls, ltrb, ctr, points, strides, grids)
             if not self.with_masks:
                 return self.criterion(*flat, targets)
             if self.mask_criterion is None:
@@ -160,6 +169,30 @@ class O2FDetector(nn.Module):
             return losses
         mask_maps = (params, mask_feats) if self.with_masks else None
         return self.postprocess(cls, ltrb, ctr, points, sizes, targets, mask_maps=mask_maps)
+
+    @staticmethod
+    def _flat(cls, ltrb, ctr, points, strides, grids) -> tuple:
+        """The criterion's inputs from per-level maps: (B, N, C), (B, N, 4), (B, N), (N, 2),
+        strides (N,), grids."""
+        return (_flatten_levels(cls), _flatten_levels(ltrb), _flatten_levels(ctr).squeeze(-1),
+                torch.cat(points), strides, grids)
+
+    def _train_with_aux(self, batch: Tensor, targets: Sequence[dict] | None) -> dict[str, Tensor]:
+        """Losses of a box model with the auxiliary one-to-many outputs: the criterion's on the
+        one-to-few maps plus ``aux_weight`` x the aux criterion's (named ``loss_aux_*``)."""
+        if targets is None or self.criterion is None:
+            raise ValueError("training needs targets and a criterion")
+        if self.with_masks:
+            raise ValueError("the auxiliary one-to-many head is for box models only")
+        cls, ltrb, ctr, cls_feats, reg_feats = self.head.forward_with_tower_feats(
+            self.neck(self.backbone(batch)))
+        points, strides, grids = self.level_points(cls)
+        losses = self.criterion(*self._flat(cls, ltrb, ctr, points, strides, grids), targets)
+        aux = self.aux_criterion(
+            *self._flat(*self.aux_head(cls_feats, reg_feats), points, strides, grids), targets)
+        losses.update({f"loss_aux_{k.removeprefix('loss_')}": self.aux_weight * v
+                       for k, v in aux.items()})
+        return losses
 
     @torch.no_grad()
     def postprocess(

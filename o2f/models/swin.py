@@ -90,6 +90,13 @@ class SwinBackbone(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
+    classifier_prefixes = ("norm.", "head.")  # torchvision keys not used by the backbone
+
+    @staticmethod
+    def torchvision_key(key: str) -> str | None:
+        """torchvision Swin-T's name of a state-dict key (None: the new output norms)."""
+        return None if key.startswith("out_norms.") else key
+
     def _frozen(self) -> list[nn.Module]:
         k = self.frozen_stages
         if k < 0:

@@ -12,7 +12,8 @@ from o2f.data import CocoDetection
 from o2f.engine.checkpoint import load_checkpoint
 from tests.engine.conftest import tiny_overrides
 
-METRICS = ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l"]
+METRICS = ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l",
+           "dup_rate"]
 
 
 def o2f(*args, launcher=(sys.executable, "-m", "o2f")):

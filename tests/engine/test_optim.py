@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -58,3 +60,30 @@ def test_apply_sets_every_group():
     assert s.apply(opt, 0, 0) == pytest.approx(0.02 * 0.001)
     assert s.apply(opt, 5000, 8) == pytest.approx(0.002)
     assert all(g["lr"] == pytest.approx(0.002) for g in opt.param_groups)
+
+
+def test_cosine_schedule_hand_computed_and_follows_the_run_length():
+    cfg = load_config("small").optim  # cosine, warm-up 200 from 0.001, min ratio 0.05
+    assert cfg.schedule == "cosine"
+    s = LRSchedule(cfg, total_iters=1000)
+    assert s.factor(0, 0) == pytest.approx(0.001 * (0.05 + 0.95))  # warm-up start, cos = 1
+    assert s.factor(500, 5) == pytest.approx(0.05 + 0.95 * 0.5)  # half way: cos(pi / 2) = 0
+    assert s.factor(1000, 11) == pytest.approx(0.05)
+    assert s.factor(750, 0) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(0.75 * math.pi)))
+    # The epoch does not matter, only the fraction of the run: twice the iterations, same curve.
+    assert LRSchedule(cfg, total_iters=2000).factor(1000, 0) == pytest.approx(s.factor(500, 9))
+    with pytest.raises(ValueError, match="total number of iterations"):
+        LRSchedule(cfg)
+
+
+def test_trainer_gives_the_schedule_the_whole_run(tmp_path, tiny_coco):
+    from o2f.engine.train import Trainer
+    from tests.engine.conftest import tiny_overrides
+
+    cfg = load_config("small", tiny_overrides(tiny_coco, "train.epochs=3", "data.repeat=2",
+                                              "data.batch_size=4", "train.val_interval=0"))
+    trainer = Trainer(cfg, tmp_path / "work")
+    assert len(trainer.train_set) == 6 and trainer.iters_per_epoch() == 3  # ceil(2 * 6 / 4)
+    assert trainer.schedule.total_iters == 9
+    batches = [b for b in trainer.loader.batch_sampler]
+    assert sorted(i for b in batches for i in b) == list(range(12))

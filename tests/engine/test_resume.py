@@ -27,3 +27,16 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_coco, tmp_path):
     lr = [g["lr"] for g in resumed["optimizer"]["param_groups"]]
     assert lr == [g["lr"] for g in straight["optimizer"]["param_groups"]]
     assert [h["soft_t"] for h in resumed["history"]] == [h["soft_t"] for h in straight["history"]]
+
+
+def test_resume_with_ema_reproduces_the_uninterrupted_run(tiny_coco, tmp_path):
+    ema = ("train.ema=true", "train.ema_decay=0.9", "train.ema_warmup=1")
+    straight = run(tiny_coco, tmp_path / "straight", 2, False, *ema)
+    run(tiny_coco, tmp_path / "resumed", 1, False, *ema)
+    resumed = run(tiny_coco, tmp_path / "resumed", 2, True, *ema)
+    assert resumed["ema"]["updates"] == straight["ema"]["updates"] == 4
+    for part in ("model", "model_raw"):  # the EMA weights and the trained ones
+        for key, value in straight[part].items():
+            assert torch.equal(value, resumed[part][key]), (part, key)
+    assert any(not torch.equal(v, straight["model_raw"][k])
+               for k, v in straight["model"].items() if v.is_floating_point())
