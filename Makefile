@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check o2f tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: everything but the tests marked slow (learning, exports, torchrun, faults)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python -m o2f demo --work-dir work_dirs/demo

@@ -81,15 +81,16 @@ def build_detector(cfg: Config, num_classes: int | None = None) -> O2FDetector:
 
 
 def build_aux_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
-    """The training-only one-to-many outputs of ``model.aux`` as :class:`O2FDetector` keyword
-    arguments: the head on the towers, its FCOS criterion (``model.fcos``, the FCOS recipe's
-    GIoU weight) and the weight of its losses."""
+    """The training-only one-to-many head of ``model.aux`` as :class:`O2FDetector` keyword
+    arguments: the head on the FPN levels (towers as ``model.head``), its FCOS criterion
+    (``model.fcos``, the FCOS recipe's GIoU weight) and the weight of its losses."""
     from o2f.criterion import RECIPE_BBOX_WEIGHT, FCOSCriterion
     from o2f.models.head import AuxO2MHead
 
     m = cfg.model
     return {
-        "aux_head": AuxO2MHead(num_classes, m.head.feat_channels, m.strides, m.head.prior_prob),
+        "aux_head": AuxO2MHead(num_classes, m.fpn.channels, m.head.feat_channels,
+                               m.head.num_convs, m.strides, m.head.gn_groups, m.head.prior_prob),
         "aux_criterion": FCOSCriterion(
             num_classes, center_radius=m.assign.center_radius,
             regress_ranges=tuple(tuple(r) for r in m.fcos.regress_ranges),
@@ -137,8 +138,9 @@ def load_backbone_weights(backbone: ResNetBackbone | SwinBackbone, path: str | P
 
 def build_mask_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
     """The CondInst-style mask modules of ``model.mask`` as :class:`O2FDetector` keyword
-    arguments: mask branch on P3-P5, controller on the regression tower, dynamic mask head,
-    mask criterion and test threshold."""
+    arguments: mask branch on P3-P5 (initialised as ``model.mask.init``), controller on the
+    regression tower, dynamic mask head, mask criterion, test threshold and the test-time
+    selection of ``model.mask.selection``."""
     from o2f.criterion import CondInstMaskLoss
     from o2f.models.dynamic_mask_head import DynamicMaskHead, controller_conv
     from o2f.models.mask_branch import MaskBranch
@@ -152,6 +154,7 @@ def build_mask_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
         "mask_branch": MaskBranch(
             m.fpn.channels, k.branch_channels, k.branch_convs, k.num_bases, m.strides[:3],
             num_classes=num_classes if k.sem_weight > 0 else 0, prior_prob=m.head.prior_prob,
+            init=k.init,
         ),
         "controller": controller_conv(m.head.feat_channels, mask_head.num_params),
         "mask_head": mask_head,
@@ -160,6 +163,7 @@ def build_mask_modules(cfg: Config, num_classes: int) -> dict[str, Any]:
             max_proposals=k.max_proposals, center_from_mask=k.center_from_mask,
         ),
         "mask_thr": k.mask_thr,
+        "selection": k.selection,
     }
 
 

@@ -81,8 +81,9 @@ class FCOSConfig:
 
 @dataclass
 class AuxConfig:
-    """Training-only one-to-many outputs on the head's towers (``o2f.models.head.AuxO2MHead``),
-    trained with the FCOS assignment and losses of ``model.fcos``; off: the paper's head."""
+    """Training-only one-to-many head with towers of its own on the FPN levels
+    (``o2f.models.head.AuxO2MHead``), trained with the FCOS assignment and losses of
+    ``model.fcos``; off: the paper's model."""
 
     enabled: bool = False
     weight: float = 1.0  # multiplies each of its losses (loss_aux_cls, _bbox, _ctr)
@@ -110,6 +111,13 @@ class MaskConfig:
     center_from_mask: bool = True  # candidate regions centred on the mask's centre of mass
     max_proposals: int = -1  # random cap on the points of the dice loss per batch; -1: all
     mask_thr: float = 0.5  # test: mask probability threshold
+    # test-time selection: box (SPEC §4: threshold on sigmoid(cls) x sigmoid(ctr), top nms_pre
+    # pairs per level) | authors (their CondInst head: top nms_pre points per level by best
+    # class score x quality, threshold on sigmoid(cls) alone); docs/differences.md
+    selection: str = "box"
+    # mask branch convs: adelaidet (Kaiming-uniform a=1, AdelaiDet's) | authors (Normal(0, 0.01)
+    # on every conv incl. the bases' 1x1, what the authors' code does); docs/differences.md
+    init: str = "adelaidet"
 
 
 @dataclass
@@ -166,6 +174,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
     norm_decay: float = 0.0  # weight decay of norm layers and Swin relative-position tables
+    bias_lr_mult: float = 1.0  # lr x this for the biases of other layers (MMCV's paramwise_cfg)
+    bias_decay_mult: float = 1.0  # weight_decay x this for those biases
     warmup_iters: int = 1000
     warmup_ratio: float = 0.001
     schedule: str = "step"  # step: x gamma at each of steps | cosine: over the whole run
@@ -435,8 +445,6 @@ def validate(cfg: Config) -> None:
            "must be >= 0", m.loss.bbox_weight)
     _validate_mask(m)
     _check(m.aux.weight >= 0, "model.aux.weight", "must be >= 0", m.aux.weight)
-    _check(not (m.aux.enabled and m.mask.enabled), "model.aux.enabled",
-           "is for box models only (not with model.mask.enabled)", m.aux.enabled)
     _check(d.max_size >= 32, "data.max_size", "must be >= 32", d.max_size)
     _check(len(d.train_short) == 2 and 1 <= d.train_short[0] <= d.train_short[1],
            "data.train_short", "must be [lo, hi] with 1 <= lo <= hi", d.train_short)
@@ -454,6 +462,8 @@ def validate(cfg: Config) -> None:
     _check(o.base_batch_size >= 1, "optim.base_batch_size", "must be >= 1", o.base_batch_size)
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
     _check(o.norm_decay >= 0, "optim.norm_decay", "must be >= 0", o.norm_decay)
+    _check(o.bias_lr_mult > 0, "optim.bias_lr_mult", "must be > 0", o.bias_lr_mult)
+    _check(o.bias_decay_mult >= 0, "optim.bias_decay_mult", "must be >= 0", o.bias_decay_mult)
     _check(o.warmup_iters >= 0, "optim.warmup_iters", "must be >= 0", o.warmup_iters)
     _check(0 < o.warmup_ratio <= 1, "optim.warmup_ratio", "must be in (0, 1]", o.warmup_ratio)
     _check(all(s >= 1 for s in o.steps) and o.steps == sorted(o.steps), "optim.steps",
@@ -509,6 +519,10 @@ def _validate_mask(m: ModelConfig) -> None:
     _check(k.max_proposals == -1 or k.max_proposals >= 1, "model.mask.max_proposals",
            "must be -1 (no cap) or >= 1", k.max_proposals)
     _check(0 < k.mask_thr < 1, "model.mask.mask_thr", "must be in (0, 1)", k.mask_thr)
+    _check(k.selection in ("box", "authors"), "model.mask.selection", "must be box or authors",
+           k.selection)
+    _check(k.init in ("adelaidet", "authors"), "model.mask.init", "must be adelaidet or authors",
+           k.init)
 
 
 def nms_enabled(cfg: Config) -> bool:

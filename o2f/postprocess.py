@@ -1,4 +1,5 @@
-"""NMS-free selection of detections (SPEC §4), with optional class-wise NMS for comparison."""
+"""NMS-free selection of detections (SPEC §4, and the authors' CondInst variant), with optional
+class-wise NMS for comparison."""
 
 from __future__ import annotations
 
@@ -66,6 +67,36 @@ def _level_sparse(cls: Tensor, ctr: Tensor, score_thr: float, nms_pre: int
     return top_scores.clamp(min=0.0), c[pick], p[pick]
 
 
+def _level_authors(cls: Tensor, ctr: Tensor, score_thr: float, nms_pre: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The o2f authors' CondInst selection of one level (``E2ECondInstHead._get_bboxes_single``
+    and its ``multiclass_nms`` in their code). When the level has more than ``nms_pre`` points,
+    the ``nms_pre`` points of highest max over classes of sigmoid(cls) * sigmoid(ctr) are kept,
+    each with all its classes; then a (point, class) pair is a candidate when sigmoid(cls) alone
+    is above ``score_thr``, and it scores sigmoid(cls) * sigmoid(ctr) (which may be below
+    ``score_thr``). Static shapes. Returns scores (B, k C) (0 for pairs that are not candidates),
+    labels (B, k C) and point indices (B, k C) into the level's points, k = min(nms_pre, H W),
+    the pairs of each kept point together, classes in order."""
+    batch, num_classes = cls.shape[:2]
+    prob = torch.sigmoid(cls.flatten(2).float())  # (B, C, HW)
+    quality = torch.sigmoid(ctr.flatten(2).float())[:, 0]  # (B, HW)
+    num_points = prob.shape[2]
+    if num_points > nms_pre:
+        # max_c(p_c * q) == max_c(p_c) * q exactly: rounding a product is monotone in p_c
+        keep = (prob.amax(1) * quality).topk(nms_pre, dim=1).indices  # (B, k)
+    else:
+        keep = torch.arange(num_points, device=cls.device).expand(batch, num_points)
+    prob = prob.gather(2, keep[:, None, :].expand(-1, num_classes, -1))  # (B, C, k)
+    scores = prob * quality.gather(1, keep)[:, None, :]
+    scores = torch.where(prob > score_thr, scores, 0.0).transpose(1, 2).flatten(1)  # (B, k C)
+    k = keep.shape[1]
+    labels = torch.arange(num_classes, device=cls.device).repeat(k).expand(batch, -1)
+    return scores, labels, keep.repeat_interleave(num_classes, dim=1)
+
+
+SELECTIONS = ("box", "authors")
+
+
 def _use_static_shapes() -> bool:
     """True while torch.export / dynamo or the TorchScript tracer captures the graph."""
     return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
@@ -75,16 +106,24 @@ def select_topk(
     cls_logits: Sequence[Tensor], ltrb: Sequence[Tensor], ctr_logits: Sequence[Tensor],
     points: Sequence[Tensor], image_sizes: Tensor, *, score_thr: float = 0.05,
     nms_pre: int = 1000, max_per_img: int = 100, static_shapes: bool | None = None,
+    selection: str = "box",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batched top-k selection over levels; padded output (score 0) where fewer pass.
 
-    Per level and image, the (point, class) pairs with score sigmoid(cls) * sigmoid(ctr) >
-    score_thr are ranked and the best ``nms_pre`` kept; the best ``max_per_img`` of all levels
-    are returned. In eager mode only the pairs of points whose best class can pass the
-    threshold are scored (:func:`_level_sparse`: data-dependent shapes, three host syncs
-    per level). While a graph is captured for export (``static_shapes``, default: automatic),
-    every pair is scored and ``topk(min(nms_pre, H W C))`` taken per level, which has static
-    shapes; both give the same detections.
+    ``selection="box"`` (SPEC §4, the authors' box head): per level and image, the (point,
+    class) pairs with score sigmoid(cls) * sigmoid(ctr) > score_thr are ranked and the best
+    ``nms_pre`` kept; the best ``max_per_img`` of all levels are returned. In eager mode only
+    the pairs of points whose best class can pass the threshold are scored
+    (:func:`_level_sparse`: data-dependent shapes, three host syncs per level). While a graph
+    is captured for export (``static_shapes``, default: automatic), every pair is scored and
+    ``topk(min(nms_pre, H W C))`` taken per level, which has static shapes; both give the same
+    detections.
+
+    ``selection="authors"`` (the authors' CondInst head, :func:`_level_authors`): per level the
+    ``nms_pre`` points of best max-class score kept with all their classes, a pair kept when
+    sigmoid(cls) alone is > score_thr, scored sigmoid(cls) * sigmoid(ctr); then the best
+    ``max_per_img`` of all levels. Scores may be below ``score_thr``. Static shapes in every
+    mode.
 
     Args:
         cls_logits: per level (B, C, H_l, W_l).
@@ -93,16 +132,23 @@ def select_topk(
         points: per level (H_l * W_l, 2) point coordinates.
         image_sizes: (B, 2) height, width of each unpadded image, to clip boxes to.
         static_shapes: force (True) or forbid (False) the static-shape path.
+        selection: ``box`` or ``authors`` (above).
 
     Returns:
         boxes (B, K, 4), scores (B, K), labels (B, K) int64, point indices (B, K) int64 into
         all levels' points concatenated, highest score first, with K = min(max_per_img,
-        sum over levels of min(nms_pre, H_l W_l C)). Entries that are not detections (fewer
-        than K pairs above score_thr) have score 0, box 0, label 0 and point index 0.
+        sum over levels of min(nms_pre, H_l W_l C)) (``authors``: of min(nms_pre, H_l W_l) C).
+        Entries that are not detections (fewer than K candidate pairs) have score 0, box 0,
+        label 0 and point index 0.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if static_shapes is None:
         static_shapes = _use_static_shapes()
-    level = _level_dense if static_shapes else _level_sparse
+    if selection == "authors":
+        level, static_shapes = _level_authors, True
+    else:
+        level = _level_dense if static_shapes else _level_sparse
     all_scores, all_labels, all_points = [], [], []
     offset = 0
     for cls, ctr, pts in zip(cls_logits, ctr_logits, points, strict=True):

@@ -1,4 +1,4 @@
-"""The training-only one-to-many outputs (model.aux): losses, weights, and no effect at test."""
+"""The training-only one-to-many head (model.aux): losses, weights, and no effect at test."""
 
 import pytest
 import torch
@@ -40,27 +40,28 @@ def test_aux_losses_are_the_fcos_criterion_on_the_aux_maps_times_the_weight():
     # The aux losses are FCOSCriterion on the aux maps, times model.aux.weight.
     with torch.no_grad():
         batch, _ = model.preprocess(images)
-        cls, ltrb, ctr, cls_feats, reg_feats = model.head.forward_with_tower_feats(
-            model.neck(model.backbone(batch)))
-        points, strides, grids = model.level_points(cls)
-        ref = model.aux_criterion(*model._flat(*model.aux_head(cls_feats, reg_feats), points,
-                                               strides, grids), targets)
+        feats = model.neck(model.backbone(batch))
+        points, strides, grids = model.level_points(model.head(feats)[0])
+        ref = model.aux_criterion(*model._flat(*model.aux_head(feats), points, strides, grids),
+                                  targets)
     for k in ("cls", "bbox", "ctr"):
         assert losses[f"loss_aux_{k}"].item() == pytest.approx(0.5 * ref[f"loss_{k}"].item(),
                                                                rel=1e-5)
         assert ref[f"loss_{k}"].item() > 0
 
 
-def test_aux_outputs_train_the_shared_towers_but_not_the_one_to_few_convs():
+def test_aux_head_trains_backbone_and_fpn_but_not_the_one_to_few_head():
     images, targets = _batch()
     model = _model("model.aux.enabled=true")
     losses = model(images, targets)
     aux = sum(v for k, v in losses.items() if k.startswith("loss_aux_"))
     aux.backward()
     assert model.aux_head.conv_cls.weight.grad.abs().sum() > 0
-    assert model.head.cls_convs[0].weight.grad.abs().sum() > 0  # shared tower
+    assert model.aux_head.cls_convs[0].weight.grad.abs().sum() > 0
+    assert model.neck.lateral_convs[0].weight.grad.abs().sum() > 0
     assert model.backbone.stem[0].weight.grad.abs().sum() > 0
-    assert model.head.conv_cls.weight.grad is None  # one-to-few output: not from aux
+    # The one-to-few head has towers of its own: no gradient from the one-to-many losses.
+    assert all(p.grad is None for p in model.head.parameters())
 
 
 def test_inference_ignores_the_aux_outputs():
@@ -79,5 +80,16 @@ def test_inference_ignores_the_aux_outputs():
 def test_aux_config_errors():
     with pytest.raises(ConfigError, match="model.aux.weight"):
         _cfg("model.aux.weight=-1")
-    with pytest.raises(ConfigError, match="model.aux.enabled"):
-        _cfg("model.aux.enabled=true", "model.mask.enabled=true")
+
+
+def test_aux_head_trains_alongside_the_mask_losses():
+    images, targets = _batch()
+    for t in targets:
+        t["masks"] = torch.zeros((len(t["boxes"]), 96, 128), dtype=torch.uint8)
+        for i, (x1, y1, x2, y2) in enumerate(t["boxes"].int().tolist()):
+            t["masks"][i, y1:y2, x1:x2] = 1
+    model = _model("model.aux.enabled=true", "model.mask.enabled=true",
+                   "model.mask.branch_channels=16", "model.mask.branch_convs=1")
+    losses = model(images, targets)
+    assert {"loss_mask", "loss_aux_cls", "loss_aux_bbox", "loss_cls"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -31,6 +31,8 @@ class O2FDetector(nn.Module):
         criterion: computes the training losses from the flattened maps (None: inference only).
         pixel_mean, pixel_std: RGB normalisation.
         score_thr, nms_pre, max_per_img: NMS-free selection (SPEC §4).
+        selection: ``box`` (SPEC §4) or ``authors`` (the o2f authors' CondInst head: threshold
+            on sigmoid(cls) alone, top points per level), see :func:`o2f.postprocess.select_topk`.
         nms: apply class-wise NMS at ``nms_iou`` (for comparison only).
         mask_branch, controller, mask_head: the CondInst-style mask modules (all three or none):
             :class:`o2f.models.mask_branch.MaskBranch` on the FPN levels, the controller conv on
@@ -39,8 +41,8 @@ class O2FDetector(nn.Module):
             the losses of ``mask_criterion`` (:class:`o2f.criterion.CondInstMaskLoss`, which
             needs an o2f / o2o ``criterion``) and each eval result gains ``masks``.
         mask_thr: threshold of the mask probabilities at test time.
-        aux_head, aux_criterion: training-only one-to-many outputs
-            (:class:`o2f.models.head.AuxO2MHead`) on the head's towers and their criterion
+        aux_head, aux_criterion: training-only one-to-many head
+            (:class:`o2f.models.head.AuxO2MHead`) on the FPN levels and its criterion
             (:class:`o2f.criterion.FCOSCriterion`); their losses join the dict as ``loss_aux_*``
             times ``aux_weight``. Inference never runs them.
     """
@@ -53,7 +55,7 @@ class O2FDetector(nn.Module):
         nms: bool = False, nms_iou: float = 0.6, mask_branch: nn.Module | None = None,
         controller: nn.Module | None = None, mask_head: nn.Module | None = None,
         mask_criterion=None, mask_thr: float = 0.5, aux_head: nn.Module | None = None,
-        aux_criterion=None, aux_weight: float = 1.0,
+        aux_criterion=None, aux_weight: float = 1.0, selection: str = "box",
     ) -> None:
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
@@ -70,6 +72,7 @@ class O2FDetector(nn.Module):
         self.size_divisor = size_divisor
         self.score_thr, self.nms_pre, self.max_per_img = score_thr, nms_pre, max_per_img
         self.nms, self.nms_iou = nms, nms_iou
+        self.selection = selection
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -114,7 +117,10 @@ class O2FDetector(nn.Module):
         maps as :meth:`forward_maps`, per-level controller outputs (B, P, H_l, W_l), mask
         features (B, num_bases, H_3, W_3) and semantic logits (B, C, H_3, W_3) (training with a
         semantic head only, else None)."""
-        feats = self.neck(self.backbone(batch))
+        return self._mask_maps(self.neck(self.backbone(batch)))
+
+    def _mask_maps(self, feats: Sequence[Tensor]):
+        """:meth:`forward_mask_maps` from the FPN levels."""
         cls, ltrb, ctr, reg_feats = self.head.forward_with_reg_feats(feats)
         params = [self.controller(f) for f in reg_feats]
         mask_feats, sem_logits = self.mask_branch(feats)
@@ -145,19 +151,21 @@ class O2FDetector(nn.Module):
         rescaled by ``targets[i]["scale_factor"]`` when given, and for a mask model ``masks``
         (K, H0, W0) bool at ``targets[i]["orig_size"]`` (see :meth:`predict_masks`)."""
         batch, sizes = self.preprocess(images)
-        if self.training and self.aux_head is not None:
-            return self._train_with_aux(batch, targets)
+        feats = self.neck(self.backbone(batch))
         if self.with_masks:
-            cls, ltrb, ctr, params, mask_feats, sem_logits = self.forward_mask_maps(batch)
+            cls, ltrb, ctr, params, mask_feats, sem_logits = self._mask_maps(feats)
         else:
-            cls, ltrb, ctr = self.forward_maps(batch)
+            cls, ltrb, ctr = self.head(feats)
         points, strides, grids = self.level_points(cls)
-        if self.training:
-            if targets is None or self.criterion is None:
-                raise ValueError("training needs targets and a criterion")
-            flat = self._flat(cls, ltrb, ctr, points, strides, grids)
-            if not self.with_masks:
-                return self.criterion(*flat, targets)
+        if not self.training:
+            mask_maps = (params, mask_feats) if self.with_masks else None
+            return self.postprocess(cls, ltrb, ctr, points, sizes, targets, mask_maps=mask_maps)
+        if targets is None or self.criterion is None:
+            raise ValueError("training needs targets and a criterion")
+        flat = self._flat(cls, ltrb, ctr, points, strides, grids)
+        if not self.with_masks:
+            losses = self.criterion(*flat, targets)
+        else:
             if self.mask_criterion is None:
                 raise ValueError("training a mask model needs a mask_criterion")
             targets = self.mask_criterion.prepare_targets(targets, batch.device)
@@ -166,9 +174,12 @@ class O2FDetector(nn.Module):
                 self.mask_head, gt_index, _flatten_levels(params), mask_feats, sem_logits,
                 flat[3], self.point_soi(points), targets,
             ))
-            return losses
-        mask_maps = (params, mask_feats) if self.with_masks else None
-        return self.postprocess(cls, ltrb, ctr, points, sizes, targets, mask_maps=mask_maps)
+        if self.aux_head is not None:
+            aux = self.aux_criterion(
+                *self._flat(*self.aux_head(feats), points, strides, grids), targets)
+            losses.update({f"loss_aux_{k.removeprefix('loss_')}": self.aux_weight * v
+                           for k, v in aux.items()})
+        return losses
 
     @staticmethod
     def _flat(cls, ltrb, ctr, points, strides, grids) -> tuple:
@@ -176,23 +187,6 @@ class O2FDetector(nn.Module):
         strides (N,), grids."""
         return (_flatten_levels(cls), _flatten_levels(ltrb), _flatten_levels(ctr).squeeze(-1),
                 torch.cat(points), strides, grids)
-
-    def _train_with_aux(self, batch: Tensor, targets: Sequence[dict] | None) -> dict[str, Tensor]:
-        """Losses of a box model with the auxiliary one-to-many outputs: the criterion's on the
-        one-to-few maps plus ``aux_weight`` x the aux criterion's (named ``loss_aux_*``)."""
-        if targets is None or self.criterion is None:
-            raise ValueError("training needs targets and a criterion")
-        if self.with_masks:
-            raise ValueError("the auxiliary one-to-many head is for box models only")
-        cls, ltrb, ctr, cls_feats, reg_feats = self.head.forward_with_tower_feats(
-            self.neck(self.backbone(batch)))
-        points, strides, grids = self.level_points(cls)
-        losses = self.criterion(*self._flat(cls, ltrb, ctr, points, strides, grids), targets)
-        aux = self.aux_criterion(
-            *self._flat(*self.aux_head(cls_feats, reg_feats), points, strides, grids), targets)
-        losses.update({f"loss_aux_{k.removeprefix('loss_')}": self.aux_weight * v
-                       for k, v in aux.items()})
-        return losses
 
     @torch.no_grad()
     def postprocess(
@@ -204,14 +198,16 @@ class O2FDetector(nn.Module):
         keep = 10**9 if self.nms else self.max_per_img  # NMS needs every candidate
         boxes, scores, labels, point_idx = select_topk(
             cls, ltrb, ctr, points, sizes, score_thr=self.score_thr, nms_pre=self.nms_pre,
-            max_per_img=keep,
+            max_per_img=keep, selection=self.selection,
         )
         if mask_maps is not None:
             params, mask_feats = _flatten_levels(mask_maps[0]), mask_maps[1]
             flat_points, soi = torch.cat(points), self.point_soi(points)
         results = []
         for b in range(boxes.shape[0]):
-            idx = (scores[b] > self.score_thr).nonzero().squeeze(1)
+            # box: every detection scores > score_thr; authors: any candidate (score > 0) is one
+            idx = (scores[b] > (self.score_thr if self.selection == "box" else 0.0)).nonzero()
+            idx = idx.squeeze(1)
             if self.nms:
                 idx = idx[nms_keep(boxes[b][idx], scores[b][idx], labels[b][idx],
                                    self.nms_iou, self.max_per_img)]

@@ -75,63 +75,60 @@ class O2FHead(nn.Module):
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
         """As :meth:`forward`, plus each level's regression-tower output (B, feat_channels, H_l,
         W_l), the input of the CondInst controller."""
-        cls_out, reg_out, ctr_out, _, reg_feats = self.forward_with_tower_feats(feats)
-        return cls_out, reg_out, ctr_out, reg_feats
-
-    def forward_with_tower_feats(
-        self, feats: Sequence[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """As :meth:`forward`, plus each level's classification- and regression-tower outputs
-        (B, feat_channels, H_l, W_l) (the inputs of :class:`AuxO2MHead` and the controller)."""
         if len(feats) != len(self.strides):
             raise ValueError(f"head got {len(feats)} levels for strides {self.strides}")
-        cls_out, reg_out, ctr_out, cls_feats, reg_feats = [], [], [], [], []
+        cls_out, reg_out, ctr_out, reg_feats = [], [], [], []
         for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
             cls_feat = self.cls_convs(x)
             reg_feat = self.reg_convs(x)
             cls_out.append(self.conv_cls(cls_feat))
             reg_out.append(F.relu(self.scales[level] * self.conv_reg(reg_feat)) * stride)
             ctr_out.append(self.conv_centerness(self.ctr_convs(reg_feat)))
-            cls_feats.append(cls_feat)
             reg_feats.append(reg_feat)
-        return cls_out, reg_out, ctr_out, cls_feats, reg_feats
+        return cls_out, reg_out, ctr_out, reg_feats
 
 
 class AuxO2MHead(nn.Module):
-    """Training-only one-to-many outputs on the O2F head's towers (dual assignment, as in
-    YOLOv10's consistent dual assignments and H-DETR's hybrid matching): its own
-    ``conv_cls`` / ``conv_reg`` / ``conv_centerness`` 3x3 convs (and per-level scales) read the
-    same tower features as the one-to-few outputs and are trained with FCOS's dense assignment.
-    Every point near an object then teaches the backbone, FPN and towers, while only the
-    one-to-few outputs, which learn to keep one point per object, are used at test time (so
-    inference, export and NMS-free decoding do not change).
+    """Training-only one-to-many head on the FPN levels (dual assignment, as in YOLOv10's
+    consistent dual assignments and H-DETR's hybrid matching): its own classification and
+    regression towers (conv-GN-ReLU blocks) and ``conv_cls`` / ``conv_reg`` /
+    ``conv_centerness`` outputs (centerness on the regression tower, FCOS style), trained with
+    FCOS's dense assignment. Every point near an object then teaches the backbone and the FPN,
+    while the one-to-few head keeps towers of its own for learning to keep one point per
+    object (with towers shared between the two, the one-to-few scores inherited the
+    one-to-many duplicates: benchmarks/README.md). Only the one-to-few head runs at test time,
+    so inference, export and NMS-free decoding do not change.
 
     Args:
-        num_classes: C; feat_channels: channels of the towers; strides: one per level;
+        num_classes: C; in_channels: channels of the FPN levels; feat_channels, num_convs,
+        gn_groups: its towers; strides: one per level (one learnable scale each);
         prior_prob: initial foreground probability of ``conv_cls``.
     """
 
-    def __init__(self, num_classes: int, feat_channels: int, strides: Sequence[int],
-                 prior_prob: float = 0.01) -> None:
+    def __init__(self, num_classes: int, in_channels: int, feat_channels: int, num_convs: int,
+                 strides: Sequence[int], gn_groups: int, prior_prob: float = 0.01) -> None:
         super().__init__()
         self.strides = tuple(strides)
+        tower_channels = [in_channels] + [feat_channels] * num_convs
+        self.cls_convs = _tower(tower_channels, gn_groups)
+        self.reg_convs = _tower(tower_channels, gn_groups)
         self.conv_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
         self.conv_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
         self.conv_centerness = nn.Conv2d(feat_channels, 1, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(len(self.strides)))
-        for m in (self.conv_cls, self.conv_reg, self.conv_centerness):
-            nn.init.normal_(m.weight, std=0.01)
-            nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
         nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, cls_feats: Sequence[Tensor], reg_feats: Sequence[Tensor]
-                ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Per-level tower outputs (B, feat_channels, H_l, W_l) -> cls logits (B, C, H_l, W_l),
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """FPN levels [(B, in_channels, H_l, W_l)] -> per level cls logits (B, C, H_l, W_l),
         ltrb in pixels (B, 4, H_l, W_l), centerness logits (B, 1, H_l, W_l)."""
         cls_out, reg_out, ctr_out = [], [], []
-        for level, (c, r, stride) in enumerate(zip(cls_feats, reg_feats, self.strides,
-                                                   strict=True)):
-            cls_out.append(self.conv_cls(c))
-            reg_out.append(F.relu(self.scales[level] * self.conv_reg(r)) * stride)
-            ctr_out.append(self.conv_centerness(r))
+        for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
+            reg_feat = self.reg_convs(x)
+            cls_out.append(self.conv_cls(self.cls_convs(x)))
+            reg_out.append(F.relu(self.scales[level] * self.conv_reg(reg_feat)) * stride)
+            ctr_out.append(self.conv_centerness(reg_feat))
         return cls_out, reg_out, ctr_out

@@ -43,6 +43,10 @@ def aligned_upsample(x: Tensor, factor: int) -> Tensor:
     return _upsample_axis(_upsample_axis(x, int(factor), x.dim() - 2), int(factor), x.dim() - 1)
 
 
+INITS = ("adelaidet", "authors")
+AUTHORS_INIT_STD = 0.01  # the head's init_cfg in the authors' code
+
+
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
@@ -59,8 +63,13 @@ class MaskBranch(nn.Module):
     With ``num_classes`` > 0, training also returns the logits of CondInst's auxiliary semantic
     head (two conv3x3-BN-ReLU on P3 and a 1x1 conv to the classes, bias at ``prior_prob``).
 
-    Init: every conv Kaiming-uniform with a = 1 (AdelaiDet's ``conv_with_kaiming_uniform``) and
-    bias 0, except the semantic output conv: Normal(0, 0.01) and the prior bias.
+    Init (``init``): ``adelaidet``, every conv Kaiming-uniform with a = 1 (AdelaiDet's
+    ``conv_with_kaiming_uniform``: bound sqrt(3 / fan_in)) and bias 0; ``authors``, every conv
+    Normal(0, 0.01) and bias 0, which is what the o2f authors' ``E2ECondInstHead`` ends up with
+    (its ``init_cfg`` Normal(0, 0.01) reaches every ``Conv2d`` of the head; the
+    ``kaiming_init`` calls that follow get the ``refine`` / ``mask_tower`` containers, which
+    have no ``weight``, and change nothing). Either way the semantic output conv is Normal(0,
+    0.01) with the prior bias, and the BatchNorms keep PyTorch's (1, 0).
 
     Args:
         in_channels: FPN channels.
@@ -70,14 +79,17 @@ class MaskBranch(nn.Module):
         level_strides: strides of the levels used (P3, P4, P5: 8, 16, 32).
         num_classes: classes of the semantic head, 0 for none.
         prior_prob: initial foreground probability of the semantic head.
+        init: ``adelaidet`` or ``authors`` (above).
     """
 
     def __init__(
         self, in_channels: int, channels: int = 128, num_convs: int = 4, num_bases: int = 8,
         level_strides: Sequence[int] = (8, 16, 32), num_classes: int = 0,
-        prior_prob: float = 0.01,
+        prior_prob: float = 0.01, init: str = "adelaidet",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"mask branch init must be one of {INITS}, got {init!r}")
         self.level_strides = tuple(int(s) for s in level_strides)
         if any(s % self.level_strides[0] for s in self.level_strides):
             raise ValueError(f"mask branch level strides {self.level_strides} must be multiples "
@@ -95,7 +107,10 @@ class MaskBranch(nn.Module):
             self.sem_out = nn.Conv2d(channels, num_classes, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight, a=1)
+                if init == "authors":
+                    nn.init.normal_(m.weight, std=AUTHORS_INIT_STD)
+                else:
+                    nn.init.kaiming_uniform_(m.weight, a=1)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         if self.sem_out is not None:

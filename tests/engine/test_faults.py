@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from o2f.engine.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import free_port
 from tests.engine.conftest import tiny_overrides
 from tests.engine.test_cli_e2e import o2f
 
@@ -38,21 +39,47 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None
         time.sleep(0.02)
 
 
+# ``o2f`` whose training forward pass number ``argv[2]`` (1-based) writes the file ``argv[1]``
+# and then waits forever: the test kills the run at a known point, whatever the machine's speed.
+_PAUSING_O2F = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from o2f.cli import main  # first: it sets the OpenMP wait policy before torch loads
+    from o2f.models.detector import O2FDetector
+    marker, pause_at = Path(sys.argv[1]), int(sys.argv[2])
+    forward, calls = O2FDetector.forward, [0]
+    def pausing_forward(self, *args, **kwargs):
+        if self.training:
+            calls[0] += 1
+            if calls[0] == pause_at:
+                marker.write_text(str(calls[0]))
+                while True:
+                    time.sleep(1)
+        return forward(self, *args, **kwargs)
+    O2FDetector.forward = pausing_forward
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(tiny_coco, tmp_path):
     args = ("train", "demo", *tiny_overrides(tiny_coco, "train.epochs=3", *RUN))
     o2f(*args, "--work-dir", tmp_path / "straight")
 
     work = tmp_path / "killed"
-    log = work / "train.log"
+    marker = tmp_path / "paused"
     with open(tmp_path / "killed.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "o2f", *args, "--work-dir", str(work)],
+        # Paused before the second iteration of the second epoch (forward pass 5 of 3 x 3):
+        # epoch 1's checkpoint is written, one step of epoch 2 is taken and not saved.
+        proc = subprocess.Popen([sys.executable, "-c", _PAUSING_O2F, str(marker), "5", *args,
+                                 "--work-dir", str(work)],
                                 stdout=subprocess.DEVNULL, stderr=err, env=ENV)
-        # Second epoch under way: epoch 1's checkpoint is written, epoch 2's is not.
-        _wait_for(lambda: log.is_file() and "epoch 2 iter 1/3" in log.read_text(), proc)
+        _wait_for(marker.is_file, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    log = (work / "train.log").read_text()
+    assert "epoch 2 iter 1/3" in log and "epoch 2 iter 2/3" not in log
     assert load_checkpoint(work / "last.pth")["epoch"] == 1
 
     o2f(*args, "--work-dir", work, "--resume")
@@ -148,7 +175,7 @@ def test_a_failing_rank_stops_the_whole_torchrun_job_with_its_error(tiny_coco, t
     _, train_file = _first_image(paths["train_ann"], paths["train_images"])
     _corrupt(train_file)  # whichever rank draws it raises; the other waits in all-reduce
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                "--master-port=29541", "-m", "o2f")
+                f"--master-port={free_port()}", "-m", "o2f")
     start = time.monotonic()
     err = o2f_failing("train", "demo", "--work-dir", tmp_path / "ddp",
                       *tiny_overrides(paths, "train.epochs=1", "train.val_interval=0",

@@ -7,7 +7,7 @@ from pycocotools import mask as mask_utils
 
 from o2f.engine.checkpoint import load_checkpoint
 from tests.engine.conftest import tiny_overrides
-from tests.engine.test_cli_e2e import METRICS, o2f
+from tests.engine.test_cli_e2e import METRICS, assert_metrics_are_cocoeval_of_the_results, o2f
 
 SEGM = ["segm_mAP", "segm_mAP_50", "segm_mAP_75", "segm_mAP_s", "segm_mAP_m", "segm_mAP_l"]
 
@@ -32,6 +32,9 @@ def test_train_test_and_predict_masks_through_the_cli(tiny_coco_masks, tmp_path)
     assert all(0.0 <= metrics[k] <= 1.0 for k in SEGM)
     assert "segm_mAP" in proc.stdout + proc.stderr
     results = json.loads(results_out.read_text())
+    assert_metrics_are_cocoeval_of_the_results(metrics, results, tiny_coco_masks["val_ann"])
+    assert_metrics_are_cocoeval_of_the_results(metrics, results, tiny_coco_masks["val_ann"],
+                                               "segm")
     val = json.loads(Path(tiny_coco_masks["val_ann"]).read_text())
     sizes = {im["id"]: (im["height"], im["width"]) for im in val["images"]}
     assert results and {r["image_id"] for r in results} <= set(sizes)

@@ -6,7 +6,7 @@ import pytest
 
 from o2f.engine.checkpoint import load_checkpoint
 from tests.engine.conftest import tiny_overrides
-from tests.engine.test_cli_e2e import METRICS, o2f
+from tests.engine.test_cli_e2e import METRICS, assert_metrics_are_cocoeval_of_the_results, o2f
 
 
 @pytest.mark.slow  # about 30 s on one core: two processes, two 430 MB checkpoints
@@ -33,7 +33,17 @@ def test_swin_1x_trains_and_evaluates_through_the_cli(tiny_coco, tmp_path):
     assert set(json.loads((work / "metrics.json").read_text())) >= set(METRICS)
     assert "bbox_mAP" in proc.stderr + proc.stdout
 
-    metrics_out = tmp_path / "m.json"
-    o2f("test", "-", work / "last.pth", "--metrics-out", metrics_out, "test.score_thr=0.0")
+    metrics_out, results_out = tmp_path / "m.json", tmp_path / "r.json"
+    o2f("test", "-", work / "last.pth", "--metrics-out", metrics_out, "--results-out",
+        results_out, "test.score_thr=0.0")
     metrics = json.loads(metrics_out.read_text())
-    assert set(metrics) == set(METRICS) and all(-1 <= v <= 1 for v in metrics.values())
+    assert set(metrics) == set(METRICS) and all(0 <= v <= 1 for v in metrics.values())
+    results = json.loads(results_out.read_text())
+    val = json.loads(open(tiny_coco["val_ann"]).read())
+    for image in val["images"]:  # score_thr 0: max_per_img detections on every image
+        assert sum(r["image_id"] == image["id"] for r in results) == 100
+    assert {r["category_id"] for r in results} <= {c["id"] for c in val["categories"]}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        assert min(x, y, w, h) >= 0 and max(x + w, y + h) <= 128 + 1e-3  # 128 x 128 images
+    assert_metrics_are_cocoeval_of_the_results(metrics, results, tiny_coco["val_ann"])
