@@ -117,9 +117,12 @@ SHIPPED = {
         "model.head.ctr_channels": 32, "model.head.num_ctr_convs": 1,
         "model.head.gn_groups": 16, "data.max_size": 512, "data.train_short": [288, 384],
         "data.test_short": 352, "data.crop_prob": 0.5, "data.color_jitter": 0.3,
-        "data.repeat": 2, "data.batch_size": 8, "optim.name": "adamw", "optim.lr": 0.002,
+        "data.repeat": 1, "data.batch_size": 8, "optim.name": "adamw", "optim.lr": 0.002,
         "optim.base_batch_size": 8, "optim.weight_decay": 0.05, "optim.warmup_iters": 200,
-        "optim.schedule": "cosine", "train.epochs": 12, "test.max_per_img": 100,
+        "optim.schedule": "cosine", "train.epochs": 12, "test.max_per_img": 300,
+        "model.aux.enabled": True, "model.aux.weight": 1.0, "model.assign.soft_t_start": 0.4,
+        "model.assign.soft_t_end": 0.1, "model.mask.enabled": False,
+        "model.mask.branch_channels": 32, "model.mask.branch_convs": 2,
     },
 }
 
