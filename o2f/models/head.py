@@ -24,6 +24,16 @@ def _tower(channels: Sequence[int], gn_groups: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _init_head(head: nn.Module, prior_prob: float) -> None:
+    """Every conv of ``head`` Normal(0, 0.01) with bias 0, then ``head.conv_cls``'s bias
+    -log((1 - prior_prob) / prior_prob) (SPEC §1)."""
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+    nn.init.constant_(head.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
 class O2FHead(nn.Module):
     """Shared head over all levels.
 
@@ -57,11 +67,7 @@ class O2FHead(nn.Module):
         self.conv_centerness = nn.Conv2d(ctr_channels if num_ctr_convs else feat_channels, 1, 3,
                                          padding=1)
         self.scales = nn.Parameter(torch.ones(len(self.strides)))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
-        nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        _init_head(self, prior_prob)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """feats [(B, in_channels, H_l, W_l)] -> per level lists of
@@ -116,11 +122,7 @@ class AuxO2MHead(nn.Module):
         self.conv_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
         self.conv_centerness = nn.Conv2d(feat_channels, 1, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(len(self.strides)))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
-        nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        _init_head(self, prior_prob)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """FPN levels [(B, in_channels, H_l, W_l)] -> per level cls logits (B, C, H_l, W_l),

@@ -93,14 +93,17 @@ def test_cli_converts_a_checkpoint_file(cli, tiny_model, tiny_config_path, mmdet
     meta = {"CLASSES": tuple(CLASS_NAMES), "epoch": 12, "mmdet_version": "2.25.0",
             "lr": np.float64(0.01)}  # numpy scalars load safely
     torch.save({"meta": meta, "state_dict": mmdet_sd, "optimizer": {"state": {}}}, src)
-    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
     for dst in (tmp_path / "out.pth", tmp_path / "out.safetensors"):
         assert cli(["convert-mmdet", str(src), str(dst), "--config", str(tiny_config_path)]) == 0
         det = Detector.from_checkpoint(dst, device="cpu")
         assert det.class_names == CLASS_NAMES
         for got, want in zip(_maps(det.model, images), _maps(tiny_model, images), strict=True):
-            for g, w in zip(got, want, strict=True):  # Detector runs a BN-folded copy
-                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+            # Detector runs a BN-folded copy: float rounding differs by ~1e-5 on maps of order 1
+            # (a wrong conversion differs by far more)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_errors(cli, tiny_config_path, mmdet_sd, tmp_path, capsys):
