@@ -57,3 +57,13 @@ def real_cuda_when_marked(request, monkeypatch):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", _REAL_VISIBLE)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (restored after), for tests whose numbers or timing
+    should not depend on the machine's core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,12 +24,7 @@ from o2f.models.dynamic_mask_head import DynamicMaskHead
 from o2f.models.mask_branch import MaskBranch, aligned_upsample
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- dice loss

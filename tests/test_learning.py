@@ -41,12 +41,7 @@ SMALL = ["model.backbone.depth=10", "model.fpn.channels=32", "model.head.feat_ch
          "optim.warmup_iters=20", "optim.steps=[]", f"train.epochs={EPOCHS}"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
