@@ -23,7 +23,6 @@ from o2f.losses import dice_loss
 from o2f.models.dynamic_mask_head import DynamicMaskHead
 from o2f.models.mask_branch import MaskBranch, aligned_upsample
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
