@@ -4,8 +4,9 @@
 
 Names: assign_g10 assign_g50 assign_g100 assign_g300 assign_g1000 infer_r50 infer_r50_unfused
 postprocess postprocess_noisy train_step_r50 train_step_small assign_share_g300 onnxruntime
-onnxruntime_small data_pipeline (``--only assign`` selects every assign_g*; ``--quick`` skips the
-R-50 ``onnxruntime`` row). Threads: ``O2F_BENCH_THREADS`` (default 2). Unless the environment
+onnxruntime_small data_pipeline data_pipeline_coco coco_eval data_memory (``--only assign``
+selects every assign_g*; ``--quick`` skips the R-50 ``onnxruntime`` row). Threads:
+``O2F_BENCH_THREADS`` (default 2). Unless the environment
 already sets it, ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads: on a shared machine
 libgomp's default spin-waiting makes code with many small ops (the assigner) 5-50x slower
 whenever another process holds a core, which measures the neighbours, not the code.
@@ -34,7 +35,8 @@ from benchmarks.common import markdown_table, setup_threads  # noqa: E402
 ASSIGN = tuple(f"assign_g{g}" for g in (10, 50, 100, 300, 1000))
 INFERENCE = ("infer_r50", "infer_r50_unfused", "postprocess", "postprocess_noisy")
 NAMES = (*ASSIGN, *INFERENCE, "train_step_r50", "train_step_small", "assign_share_g300",
-         "onnxruntime", "onnxruntime_small", "data_pipeline")
+         "onnxruntime", "onnxruntime_small", "data_pipeline", "data_pipeline_coco", "coco_eval",
+         "data_memory")
 
 # name -> (target text, predicate on the row); ratio = ours / baseline.
 TARGETS = {
@@ -51,6 +53,8 @@ TARGETS = {
     "onnxruntime": ("ratio <= 0.769 (1.3x)", lambda r: r["ratio"] <= 1 / 1.3),
     "onnxruntime_small": ("ratio <= 0.769 (1.3x)", lambda r: r["ratio"] <= 1 / 1.3),
     "data_pipeline": ("ratio >= 1 (loader keeps up)", lambda r: r["ratio"] >= 1.0),
+    "coco_eval": ("ratio < 1, AP equal within 1e-4",
+                  lambda r: r["ratio"] < 1.0 and r["max_ap_diff"] <= 1e-4),
 }
 
 
@@ -152,6 +156,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from benchmarks import data_pipeline
 
         rows += timed("data_pipeline", lambda: data_pipeline.run(a.quick))
+    if "data_pipeline_coco" in chosen:
+        from benchmarks import data_pipeline
+
+        rows += timed("data_pipeline_coco", lambda: data_pipeline.run_coco_sizes(a.quick))
+    if "coco_eval" in chosen:
+        from benchmarks import coco_eval
+
+        rows += timed("coco_eval", lambda: coco_eval.run(
+            500 if a.quick else 5000, 20 if a.quick else 100))
+    if "data_memory" in chosen:
+        from benchmarks import data_memory
+
+        rows += timed("data_memory", lambda: data_memory.run(20_000 if a.quick else 100_000))
 
     for row in rows:
         row["verdict"] = verdict(row)

@@ -20,19 +20,58 @@ COMMANDS = [
     "o2f.engine.commands",
     "o2f.engine.demo",
     "o2f.deploy.commands",
+    "o2f.data.commands",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="o2f", description="End-to-end (NMS-free) dense object detection with o2f.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a config, data or checkpoint error (also: "
+                        "O2F_DEBUG=1); anywhere on the command line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
     return parser
 
 
+def _user_error_types() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix, named in their message: printed as one line."""
+    from o2f.config import ConfigError
+    from o2f.data.errors import DataError
+    from o2f.engine.checkpoint import CheckpointError
+
+    return ConfigError, DataError, CheckpointError, FileNotFoundError
+
+
+def error_line(err: BaseException) -> str:
+    """``err``'s message on one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message: only its last line (the original message) is kept."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``o2f`` command. A config, data or checkpoint error (a missing file included)
+    prints ``o2f: error: MESSAGE`` and returns 2; with ``--debug`` or ``O2F_DEBUG=1`` it is
+    raised with its traceback. Any other error is raised as it is."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("O2F_DEBUG", "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run(argv)
+    except Exception as err:
+        if debug or not isinstance(err, _user_error_types()):
+            raise
+        print(f"o2f: error: {error_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options, which argparse's positional
     # matching does not allow on its own: collect the stray ones here.

@@ -7,10 +7,13 @@ shipped config name or a path) whose values it overrides.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import json
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -162,6 +165,9 @@ class DataConfig:
     batch_size: int = 2  # images per process
     workers: int = 2  # loader processes per training process
     strict: bool = False  # turn documented skips of bad data into errors
+    # annotation format of both splits: auto (from the path: .json coco, .yaml/.yml a YOLO
+    # data.yaml, a folder of .xml voc, .odgt CrowdHuman) | coco | yolo | voc | odgt
+    format: str = "auto"
 
 
 @dataclass
@@ -191,7 +197,14 @@ class TrainConfig:
     val_interval: int = 1  # epochs; 0 disables validation during training
     seed: int = 0
     deterministic: bool = False
-    amp: bool = True  # mixed precision, on CUDA only
+    # fp32 | bf16 | fp16 (CUDA, with a GradScaler) | auto (bf16 where the device computes it
+    # natively: CUDA with bf16, a CPU with AMX / AVX512-BF16; else fp32). Network only: the
+    # assignment and the losses always run in fp32.
+    precision: str = "fp32"
+    # auto (CUDA when usable, else the CPU; a loud warning for a multi-process CPU run) | cuda
+    # (an error naming PyTorch's CUDA build and what torch.cuda reports when CUDA is unusable)
+    # | cpu
+    device: str = "auto"
     log_interval: int = 50  # iterations
     max_iters_per_epoch: int = 0  # 0: the whole epoch (a cap is for smoke tests)
     nonfinite: str = "error"  # error | skip: a step whose loss is NaN/inf
@@ -200,6 +213,9 @@ class TrainConfig:
     ema_warmup: int = 2000  # d_k = d * (1 - exp(-k / ema_warmup)) at update k; 0: d_k = d
     patience: int = 0  # stop after this many validations without a better AP; 0: off
     keep_checkpoints: int = 1  # newest epoch_N.pth files kept; 0: none written, -1: all
+    # experiment trackers, any of tensorboard | mlflow | wandb (o2f.engine.loggers)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    plots: bool = True  # evaluation plots of the last validation into WORK_DIR/plots
 
 
 @dataclass
@@ -209,7 +225,11 @@ class TestConfig:
     max_per_img: int = 100
     nms: bool | None = None  # None: off for o2f/o2o, on for fcos
     nms_iou: float = 0.6
-    batch_size: int = 1
+    batch_size: int = 1  # images per process and batch (validation and o2f test)
+    # network precision of validation and o2f test: fp32 | bf16 | fp16 (CUDA) | auto (as
+    # train.precision); box selection and masks always run in fp32
+    precision: str = "fp32"
+    evaluator: str = "faster_coco_eval"  # COCO AP: faster_coco_eval | pycocotools
 
 
 @dataclass
@@ -276,7 +296,19 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+EVALUATORS = ("faster_coco_eval", "pycocotools")
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # train.loggers
+
+#: keys that were removed, with what replaces them
+REMOVED_KEYS = {
+    "train.amp": "train.amp was replaced by train.precision (fp32 | bf16 | fp16 | auto)",
+}
+
+
 def _unknown(key: str) -> ConfigError:
+    if key in REMOVED_KEYS:
+        return ConfigError(f"config key '{key}' is no longer supported: {REMOVED_KEYS[key]}")
     close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}")
@@ -384,10 +416,78 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     return out
 
 
+def _yaml_text(value: Any, key: str) -> str:
+    """A Python value as the YAML text :func:`parse_override` reads back as that value (strings
+    double-quoted, so a path or "true" stays a string; floats always with a point, which
+    PyYAML needs to read ``1e-05`` as a number)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return ".nan"
+        if value in (float("inf"), float("-inf")):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value)
+        return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_yaml_text(v, key) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_yaml_text(v, key)}"
+                               for k, v in value.items()) + "}"
+    raise ConfigError(f"override '{key}': a value of type {type(value).__name__} is not a "
+                      "config value (bool, int, float, str, path, None, list or dict)")
+
+
+def as_overrides(
+    overrides: Mapping[str, Any] | Sequence[str] | str | None = None, **keywords: Any
+) -> list[str]:
+    """Overrides given in Python, as the ``key=value`` strings of the command line.
+
+    Args:
+        overrides: a mapping of dotted keys to Python values, ``{"train.epochs": 1,
+            "data.train.ann_file": "a.json"}``; or ``key=value`` strings as typed after
+            ``o2f train`` (the value read as YAML), ``["train.epochs=1"]``; or one such string.
+        **keywords: more overrides as Python values, with ``__`` for each dot:
+            ``train__epochs=1`` is ``train.epochs=1``. Applied after ``overrides``.
+
+    Returns:
+        The ``key=value`` strings, in order (a later one wins).
+    """
+    if overrides is None:
+        items: list[str] = []
+    elif isinstance(overrides, str):
+        items = [overrides]
+    elif isinstance(overrides, Mapping):
+        items = [f"{k}={_yaml_text(v, k)}" for k, v in overrides.items()]
+    else:
+        items = [str(text) for text in overrides]
+    for name, value in keywords.items():
+        key = name.replace("__", ".")
+        items.append(f"{key}={_yaml_text(value, key)}")
+    for text in items:
+        parse_override(text)  # a malformed one fails here, naming itself
+    return items
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    """A validated :class:`Config` from plain data (e.g. the copy stored in a checkpoint)."""
+    """A validated :class:`Config` from plain data (e.g. the copy stored in a checkpoint).
+
+    Keys of :data:`REMOVED_KEYS` are dropped here (a checkpoint written before their removal
+    still loads), while a config file or an override that sets one is refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a mapping")
+    data = copy.deepcopy(data)
+    for key in REMOVED_KEYS:
+        *parents, leaf = key.split(".")
+        section = data
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(leaf, None)
     cfg = _build(Config, data)
     validate(cfg)
     return cfg
@@ -457,6 +557,8 @@ def validate(cfg: Config) -> None:
     _check(d.repeat >= 1, "data.repeat", "must be >= 1", d.repeat)
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
     _check(d.workers >= 0, "data.workers", "must be >= 0", d.workers)
+    _check(d.format in ("auto", "coco", "yolo", "voc", "odgt"), "data.format",
+           "must be auto, coco, yolo, voc or odgt", d.format)
     _check(o.name in ("sgd", "adamw"), "optim.name", "must be sgd or adamw", o.name)
     _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     _check(o.base_batch_size >= 1, "optim.base_batch_size", "must be >= 1", o.base_batch_size)
@@ -483,6 +585,10 @@ def validate(cfg: Config) -> None:
            t.max_iters_per_epoch)
     _check(t.nonfinite in ("error", "skip"), "train.nonfinite", "must be error or skip",
            t.nonfinite)
+    _check(t.precision in PRECISIONS, "train.precision", "must be fp32, bf16, fp16 or auto",
+           t.precision)
+    _check(t.device in ("auto", "cuda", "cpu"), "train.device", "must be auto, cuda or cpu",
+           t.device)
     _check(0 < t.ema_decay < 1, "train.ema_decay", "must be in (0, 1)", t.ema_decay)
     _check(t.ema_warmup >= 0, "train.ema_warmup", "must be >= 0", t.ema_warmup)
     _check(t.patience >= 0, "train.patience", "must be >= 0", t.patience)
@@ -490,11 +596,17 @@ def validate(cfg: Config) -> None:
            "needs validation during training (train.val_interval >= 1)", t.patience)
     _check(t.keep_checkpoints >= -1, "train.keep_checkpoints", "must be >= -1",
            t.keep_checkpoints)
+    _check(all(n in LOGGERS for n in t.loggers), "train.loggers",
+           f"must be a list of names from {', '.join(LOGGERS)}", t.loggers)
     _check(0 <= te.score_thr < 1, "test.score_thr", "must be in [0, 1)", te.score_thr)
     _check(te.nms_pre >= 1, "test.nms_pre", "must be >= 1", te.nms_pre)
     _check(te.max_per_img >= 1, "test.max_per_img", "must be >= 1", te.max_per_img)
     _check(0 < te.nms_iou <= 1, "test.nms_iou", "must be in (0, 1]", te.nms_iou)
     _check(te.batch_size >= 1, "test.batch_size", "must be >= 1", te.batch_size)
+    _check(te.precision in PRECISIONS, "test.precision", "must be fp32, bf16, fp16 or auto",
+           te.precision)
+    _check(te.evaluator in EVALUATORS, "test.evaluator",
+           "must be faster_coco_eval or pycocotools", te.evaluator)
 
 
 def _validate_mask(m: ModelConfig) -> None:

@@ -5,6 +5,10 @@ and :class:`FCOSCriterion` (one-to-many FCOS) are the baselines that measure wha
 assignment buys. All three take the same inputs, so the detector does not know which it has.
 :class:`CondInstMaskLoss` adds the mask losses of a CondInst-style model on top of the o2f / o2o
 assignment (which can return the matched gt of each point).
+
+The box criteria assign a whole batch in one call (gts padded to the batch's largest G, see
+:func:`pad_targets`) and select the assigned points by weights, not by boolean indexing, so a
+training step of the box model never waits for the GPU (``tests/test_host_syncs.py``).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import sigmoid_focal_loss
 
 from o2f.assigners import (
     FCOS_REGRESS_RANGES,
     LevelGrid,
-    fcos_assign,
-    o2f_assign,
+    fcos_assign_batch,
+    o2f_assign_batch,
     soft_label_ceiling,
 )
 from o2f.boxes import centerness_target, decode_ltrb
@@ -36,9 +41,42 @@ if TYPE_CHECKING:
 RECIPE_BBOX_WEIGHT: dict[str, float] = {"o2f": 2.0, "o2o": 2.0, "fcos": 1.0}
 
 
+def pad_targets(
+    targets: Sequence[dict], device: torch.device, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The per-image gts as padded batch tensors (the size from the tensors' shapes, no sync).
+
+    Args:
+        targets: per image dicts with ``boxes`` (G_i, 4), ``labels`` (G_i,) and optionally
+            ``centers`` (G_i, 2) (in every image or none).
+
+    Returns:
+        boxes (B, G, 4) ``dtype``, labels (B, G) int64, valid (B, G) bool (False in the
+        padding, which holds zeros), centers (B, G, 2) or None; G = max G_i (may be 0).
+    """
+    def pad(key: str, dt: torch.dtype) -> Tensor:  # host targets: copied without waiting
+        return pad_sequence([t[key].to(device, dt, non_blocking=True) for t in targets],
+                            batch_first=True)
+
+    boxes, labels = pad("boxes", dtype), pad("labels", torch.long)
+    valid = pad_sequence([torch.ones(t["boxes"].shape[0], dtype=torch.bool, device=device)
+                          for t in targets], batch_first=True)
+    centers = pad("centers", dtype) if all("centers" in t for t in targets) else None
+    return boxes, labels, valid, centers
+
+
+def _centerness_weights(points: Tensor, box_targets: Tensor, assigned: Tensor) -> Tensor:
+    """Centerness target of every assigned point, 0 elsewhere: points (N, 2), box_targets
+    (B, N, 4), assigned (B N,) -> (B N,). (An unassigned point's zero box gives a meaningless
+    value, replaced by 0; targets carry no gradient.)"""
+    batch_points = points.expand(box_targets.shape[0], -1, -1).flatten(0, 1)
+    ctr = centerness_target(batch_points, box_targets.flatten(0, 1))
+    return torch.where(assigned, ctr, torch.zeros_like(ctr))
+
+
 class O2FCriterion:
-    """One-to-few assignment per image, then the soft focal loss and the centerness-weighted GIoU
-    loss, normalised by data-parallel means as SPEC §3 says.
+    """One-to-few assignment of the batch, then the soft focal loss and the centerness-weighted
+    GIoU loss, normalised by data-parallel means as SPEC §3 says.
 
     The soft-label ceiling follows the epoch: call :meth:`set_epoch` before each epoch.
     """
@@ -65,23 +103,20 @@ class O2FCriterion:
         strides: Tensor, grids: Sequence[LevelGrid], targets: Sequence[dict],
         with_gt_index: bool = False,
     ) -> tuple[Tensor, ...]:
-        """Per-image assignment stacked over the batch: (B, N), (B, N, 4), (B, N), (B, N), and
-        with ``with_gt_index`` the matched gt row of each point (B, N) (-1: background).
+        """Assignment of the batch in one call (:func:`o2f.assigners.o2f_assign_batch`):
+        labels (B, N), box targets (B, N, 4), soft labels (B, N), soft weights (B, N), and with
+        ``with_gt_index`` the matched gt row of each point (B, N) (-1: background).
 
         A target may give ``centers`` (G, 2): the centres of the candidate regions instead of
         the box centres (CondInst's mask centres of mass)."""
-        results = [
-            o2f_assign(
-                points, strides, cls_logits[b], ctr_logits[b], pred_boxes[b],
-                t["boxes"].to(pred_boxes), t["labels"].to(cls_logits.device), topk=self.topk,
-                alpha=self.alpha, center_radius=self.center_radius, soft_t=self.soft_t,
-                soft_weight=self.soft_weight, grids=list(grids),
-                gt_centers=t["centers"].to(pred_boxes) if "centers" in t else None,
-                return_gt_index=with_gt_index,
-            )
-            for b, t in enumerate(targets)
-        ]
-        return tuple(torch.stack(parts) for parts in zip(*results, strict=True))
+        boxes, labels, valid, centers = pad_targets(targets, cls_logits.device, pred_boxes.dtype)
+        return o2f_assign_batch(
+            points, strides, cls_logits, ctr_logits, pred_boxes, boxes, labels, valid,
+            topk=self.topk, alpha=self.alpha, center_radius=self.center_radius,
+            soft_t=self.soft_t, soft_weight=self.soft_weight,
+            grids=None if grids is None else list(grids), gt_centers=centers,
+            return_gt_index=with_gt_index,
+        )
 
     def __call__(
         self, cls_logits: Tensor, ltrb: Tensor, ctr_logits: Tensor, points: Tensor,
@@ -116,15 +151,12 @@ class O2FCriterion:
         loss_cls = soft_focal_loss(scores.flatten(0, 1), labels, soft_labels, soft_weights,
                                    num_assigned)
 
-        batch_points = points.expand(ltrb.shape[0], -1, -1).flatten(0, 1)[assigned]
-        targets_pos = box_targets.flatten(0, 1)[assigned]
-        ctr_targets = centerness_target(batch_points, targets_pos)
+        # GIoU of every point, the unassigned ones at weight 0 (so a batch without assigned
+        # points gives 0, still in the graph)
+        ctr_targets = _centerness_weights(points, box_targets, assigned)
         ctr_norm = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
-        if assigned.any():
-            loss_bbox = giou_loss(pred_boxes.flatten(0, 1)[assigned], targets_pos, ctr_targets,
-                                  ctr_norm)
-        else:
-            loss_bbox = pred_boxes.sum() * 0.0
+        loss_bbox = giou_loss(pred_boxes.flatten(0, 1), box_targets.flatten(0, 1), ctr_targets,
+                              ctr_norm)
         losses = {"loss_cls": self.cls_weight * loss_cls, "loss_bbox": self.bbox_weight * loss_bbox}
         return (losses, gt_index[0]) if return_gt_index else losses
 
@@ -155,7 +187,7 @@ class O2OCriterion(O2FCriterion):
 
 
 class FCOSCriterion:
-    """The one-to-many FCOS baseline: :func:`o2f.assigners.fcos_assign` per image, then
+    """The one-to-many FCOS baseline: :func:`o2f.assigners.fcos_assign` on every image, then
 
     - ``loss_cls``: sigmoid focal loss (alpha 0.25, gamma 2) on the class logits alone, summed
       over every (point, class) and divided by max(1, mean over ranks of the positives);
@@ -189,16 +221,13 @@ class FCOSCriterion:
         self, points: Tensor, strides: Tensor, grids: Sequence[LevelGrid] | None,
         targets: Sequence[dict],
     ) -> tuple[Tensor, Tensor]:
-        """Per-image FCOS targets stacked over the batch: labels (B, N), box targets (B, N, 4)."""
-        results = [
-            fcos_assign(
-                points, strides, t["boxes"].to(points), t["labels"].to(points.device),
-                self.num_classes, regress_ranges=self.regress_ranges,
-                center_radius=self.center_radius, grids=grids,
-            )
-            for t in targets
-        ]
-        return tuple(torch.stack(parts) for parts in zip(*results, strict=True))
+        """FCOS targets of the batch in one call (:func:`o2f.assigners.fcos_assign_batch`):
+        labels (B, N), box targets (B, N, 4)."""
+        boxes, labels, valid, _ = pad_targets(targets, points.device, points.dtype)
+        return fcos_assign_batch(
+            points, strides, boxes, labels, valid, self.num_classes,
+            regress_ranges=self.regress_ranges, center_radius=self.center_radius, grids=grids,
+        )
 
     def __call__(
         self, cls_logits: Tensor, ltrb: Tensor, ctr_logits: Tensor, points: Tensor,
@@ -221,25 +250,25 @@ class FCOSCriterion:
         positive = labels < self.num_classes
         num_pos = reduce_mean(positive.sum().float()).clamp(min=1.0)
 
-        onehot = F.one_hot(labels, self.num_classes + 1)[:, : self.num_classes]
+        # one-hot of the labels, background a zero row (a comparison: F.one_hot checks the
+        # labels' range with .item() off CUDA)
+        onehot = labels[:, None] == torch.arange(self.num_classes, device=labels.device)
         loss_cls = sigmoid_focal_loss(
             cls_logits.flatten(0, 1), onehot.to(cls_logits.dtype), alpha=self.focal_alpha,
             gamma=self.focal_gamma, reduction="sum",
         ) / num_pos
 
-        batch_points = points.expand(ltrb.shape[0], -1, -1).flatten(0, 1)[positive]
-        target_pos = box_targets.flatten(0, 1)[positive]
-        ctr_targets = centerness_target(batch_points, target_pos)  # (P,)
+        # every point, the negatives at weight 0 (so a batch without positives gives 0, still
+        # in the graph)
+        target_boxes = box_targets.flatten(0, 1)
+        ctr_targets = _centerness_weights(points, box_targets, positive)  # (B N,)
         ctr_norm = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
         pred_boxes = decode_ltrb(points, ltrb).flatten(0, 1)
-        if positive.any():
-            loss_bbox = giou_loss(pred_boxes[positive], target_pos, ctr_targets, ctr_norm)
-            loss_ctr = F.binary_cross_entropy_with_logits(
-                ctr_logits.flatten()[positive], ctr_targets, reduction="sum"
-            ) / num_pos
-        else:  # zero, but connected to the graph (every parameter still gets a gradient)
-            loss_bbox = pred_boxes.sum() * 0.0
-            loss_ctr = ctr_logits.sum() * 0.0
+        loss_bbox = giou_loss(pred_boxes, target_boxes, ctr_targets, ctr_norm)
+        loss_ctr = F.binary_cross_entropy_with_logits(
+            ctr_logits.flatten(), ctr_targets, weight=positive.to(ctr_targets.dtype),
+            reduction="sum",
+        ) / num_pos
         return {
             "loss_cls": self.cls_weight * loss_cls,
             "loss_bbox": self.bbox_weight * loss_bbox,
@@ -301,7 +330,7 @@ def semantic_targets(masks: Tensor, labels: Tensor, num_classes: int, stride: in
         return torch.full(size, num_classes, dtype=torch.long, device=device)
     areas = masks.sum((1, 2), dtype=torch.float32).to(device)
     cover = sample_masks(masks, stride, size).to(device).bool()
-    cost = torch.where(cover, areas[:, None, None], torch.tensor(float("inf"), device=device))
+    cost = torch.where(cover, areas[:, None, None], float("inf"))
     best, idx = cost.min(0)
     return torch.where(torch.isfinite(best), labels[idx], torch.full_like(idx, num_classes))
 
@@ -374,7 +403,7 @@ class CondInstMaskLoss:
         if 0 <= self.max_proposals < img_idx.numel():
             pick = torch.randperm(img_idx.numel(), device=device)[: self.max_proposals]
             img_idx, pt_idx = img_idx[pick], pt_idx[pick]
-        count = torch.tensor(float(img_idx.numel()), device=device)
+        count = torch.full((), float(img_idx.numel()), device=device)
         num = reduce_mean(count).clamp(min=1.0)
         if img_idx.numel():
             logits = mask_head(mask_feats, params[img_idx, pt_idx], img_idx, points[pt_idx],
@@ -395,7 +424,8 @@ class CondInstMaskLoss:
         """(M, H', W') float target of each selected point: its gt's mask at ``stride``."""
         sampled = [sample_masks(_instance_masks(t, i), stride, size).to(gt_rows.device)
                    for i, t in enumerate(targets)]
-        counts = torch.tensor([0] + [s.shape[0] for s in sampled], device=gt_rows.device)
+        counts = torch.tensor([0] + [s.shape[0] for s in sampled]).to(gt_rows.device,
+                                                                      non_blocking=True)
         offsets = counts.cumsum(0)[:-1]
         return torch.cat(sampled)[offsets[img_idx] + gt_rows].float()
 
@@ -407,7 +437,9 @@ class CondInstMaskLoss:
                              num_classes, stride, size)
             for i, t in enumerate(targets)
         ])  # (B, H, W)
-        onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].permute(0, 3, 1, 2)
+        # (B, C, H, W) one-hot, background all zeros (F.one_hot would check the range with
+        # .item() off CUDA)
+        onehot = labels[:, None] == torch.arange(num_classes, device=labels.device)[:, None, None]
         num_fg = reduce_mean((labels < num_classes).sum().float()).clamp(min=1.0)
         return sigmoid_focal_loss(sem_logits.float(), onehot.float(), alpha=self.focal_alpha,
                                   gamma=self.focal_gamma, reduction="sum") / num_fg

@@ -50,3 +50,21 @@ def device_for_rank(local_rank: int) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def mean_over_ranks(values: dict[str, float | Tensor],
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """Each value's mean over all ranks, as floats (one all-reduce of the stacked values, on
+    ``device``: the process's CUDA device under NCCL). Every rank must call it with the same
+    keys; on one process the values themselves. E.g. the logged training losses, so that the
+    log shows the whole batch's loss, not rank 0's share."""
+    keys = sorted(values)
+    if not keys:
+        return {}
+    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device)
+                           .detach().reshape(()) for k in keys])
+    if is_distributed():
+        dist.all_reduce(stacked)
+        stacked = stacked / dist.get_world_size()
+    means = dict(zip(keys, stacked.tolist(), strict=True))
+    return {k: means[k] for k in values}  # in the caller's order

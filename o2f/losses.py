@@ -41,11 +41,12 @@ def soft_focal_loss(
     p = scores.float()
     loss = _bce(p, torch.zeros_like(p)) * p.pow(gamma) * neg_weight
     num_classes = p.shape[1]
-    idx = (labels < num_classes).nonzero().squeeze(1)
-    if idx.numel():
-        cls = labels[idx]
-        pos = _bce(p[idx, cls], soft_labels[idx].float()) * soft_weights[idx].float()
-        loss = loss.index_put((idx, cls), pos)
+    # The entry (n, labels[n]) of every point (any class for background, where it keeps its
+    # value): a gather and a scatter of one column per point, no data-dependent sizes.
+    col = labels.clamp(max=num_classes - 1)[:, None]  # (N, 1)
+    pos = _bce(p.gather(1, col), soft_labels[:, None].float()) * soft_weights[:, None].float()
+    assigned = (labels < num_classes)[:, None]
+    loss = loss.scatter(1, col, torch.where(assigned, pos, loss.gather(1, col)))
     return loss.sum() / avg_factor
 
 
@@ -58,6 +59,9 @@ def giou_loss(
         pred_boxes, target_boxes: (M, 4) x1, y1, x2, y2.
         weights: (M,) per-box weights (centerness targets).
         avg_factor: the normaliser (sum of the weights over ranks, at least 1e-6).
+
+    A box of weight 0 adds nothing, so a caller may pass every point with the weights of the
+    unassigned ones at 0 instead of selecting the assigned ones (no data-dependent size).
     """
     giou = pair_giou(pred_boxes.float(), target_boxes.float())
     return ((1 - giou) * weights.float()).sum() / avg_factor

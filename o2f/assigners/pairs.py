@@ -1,9 +1,11 @@
-"""(point, gt) candidate pairs on level grids, and the sort/run utilities the pair-based
+"""Candidate windows on level grids, and the per-point conflict resolution the window-based
 assigners share.
 
 Only a point within ``center_radius`` strides of a gt centre can be a candidate for that gt, so
-per level the candidates lie in a small window of grid cells around each gt centre; enumerating
-those windows costs O(G) instead of the O(N x G) of dense matrices.
+per level the candidates lie in a small window of grid cells around each gt centre; working on
+those (gt, slot) windows costs O(G) instead of the O(N x G) of dense matrices. Every window has
+the same number of slots, so a batch of images with gts padded to the batch maximum is one set
+of (B, G, S) tensors, and nothing on the way has a data-dependent size (no host sync on a GPU).
 """
 
 from __future__ import annotations
@@ -55,55 +57,82 @@ def level_grids(points: Tensor, strides: Tensor, tol: float = 1e-3) -> list[Leve
     return grids
 
 
-def window_pairs(
-    grids: list[LevelGrid], gt_boxes: Tensor, center_radius: float,
-    centers: Tensor | None = None,
+def window_slots(
+    grids: list[LevelGrid], centers: Tensor, center_radius: float,
 ) -> tuple[Tensor, Tensor]:
-    """(point, gt) index pairs covering every point within center_radius strides of each gt centre
-    (``centers`` (G, 2) x, y, default the box centres), with one cell of margin on each side.
-    Returns point_idx (P,), gt_idx (P,)."""
-    device = gt_boxes.device
-    num_gt = gt_boxes.shape[0]
-    if centers is None:
-        centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    """The candidate window of every gt: per level the ``size x size`` grid cells
+    (``size = ceil(2 center_radius) + 2``, one cell of margin on each side) around its centre,
+    which cover every point within ``center_radius`` strides of it.
+
+    Args:
+        grids: the level layout of the points.
+        centers: (..., G, 2) x, y centres (any leading batch dimensions).
+
+    Returns:
+        point_idx (..., G, S) int64, the point of each slot (S = levels x size^2; levels in
+        order, each window row-major, so the index increases along S over the slots inside the
+        grid), clamped into the grid where the window leaves it;
+        in_grid (..., G, S) bool, False for those clamped slots.
+    """
     size = math.ceil(2 * center_radius) + 2
-    offsets = torch.arange(size, device=device)
-    gt_ids = torch.arange(num_gt, device=device)[:, None, None].expand(num_gt, size, size)
-    point_ids, pair_gts = [], []
+    offsets = torch.arange(size, device=centers.device)
+    point_ids, inside = [], []
     for g in grids:
         radius = center_radius * g.stride
-        j0 = torch.floor((centers[:, 0] - radius - g.x0) / g.stride).long()
-        i0 = torch.floor((centers[:, 1] - radius - g.y0) / g.stride).long()
-        js = j0[:, None] + offsets  # (G, size)
-        is_ = i0[:, None] + offsets
-        valid = ((is_ >= 0) & (is_ < g.height))[:, :, None] & ((js >= 0) & (js < g.width))[:, None]
-        idx = g.start + is_[:, :, None] * g.width + js[:, None, :]
-        point_ids.append(idx[valid])
-        pair_gts.append(gt_ids[valid])
-    return torch.cat(point_ids), torch.cat(pair_gts)
+        j0 = torch.floor((centers[..., 0] - radius - g.x0) / g.stride).long()
+        i0 = torch.floor((centers[..., 1] - radius - g.y0) / g.stride).long()
+        js = j0[..., None] + offsets  # (..., G, size)
+        is_ = i0[..., None] + offsets
+        valid = (((is_ >= 0) & (is_ < g.height))[..., :, None]
+                 & ((js >= 0) & (js < g.width))[..., None, :])
+        idx = (g.start + is_.clamp(0, g.height - 1)[..., :, None] * g.width
+               + js.clamp(0, g.width - 1)[..., None, :])
+        point_ids.append(idx.flatten(-2))
+        inside.append(valid.flatten(-2))
+    return torch.cat(point_ids, -1), torch.cat(inside, -1)
 
 
-def dense_pairs(num_points: int, num_gt: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    point_ids = torch.arange(num_points, device=device).repeat_interleave(num_gt)
-    return point_ids, torch.arange(num_gt, device=device).repeat(num_points)
+def candidate_slots(
+    points: Tensor, strides: Tensor, grids: list[LevelGrid] | None, centers: Tensor,
+    center_radius: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`window_slots` of the gts with ``centers`` (B, G, 2), or, when the points are not
+    regular grids (``grids`` None after :func:`level_grids`), every point as a slot of every gt:
+    point_idx (B, G, S) and in_grid (B, G, S), the point index increasing along S."""
+    if grids is None:
+        grids = level_grids(points, strides)
+    if grids is None:
+        shape = (*centers.shape[:-1], points.shape[0])
+        idx = torch.arange(points.shape[0], device=centers.device).expand(shape)
+        return idx, torch.ones(shape, dtype=torch.bool, device=centers.device)
+    return window_slots(grids, centers, center_radius)
 
 
-def sort_by(keys: list[Tensor]) -> Tensor:
-    """Permutation ordering by keys[0], then keys[1], ... (all ascending, stable)."""
-    order = torch.argsort(keys[-1], stable=True)
-    for key in reversed(keys[:-1]):
-        order = order[torch.argsort(key[order], stable=True)]
-    return order
+def owner_of_points(
+    point_idx: Tensor, allowed: Tensor, score: Tensor, num_points: int, prefer: str,
+) -> Tensor:
+    """For each point, the gt that wins it among the slots that reach it: the best ``score``
+    (``prefer`` "max" or "min"), ties to the lowest gt index; scatters only, no host sync.
 
+    Args:
+        point_idx: (B, G, S) point of each slot, in [0, num_points).
+        allowed: (B, G, S) bool, the slots that compete.
+        score: (B, G, S) or broadcastable float.
+        num_points: N.
 
-def first_of_runs(sorted_ids: Tensor) -> Tensor:
-    """Mask of the first element of each run of equal values in a sorted (P,) tensor."""
-    first = torch.ones_like(sorted_ids, dtype=torch.bool)
-    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    return first
-
-
-def rank_in_runs(sorted_ids: Tensor) -> Tensor:
-    """0-based position of each element within its run of equal values (sorted (P,) input)."""
-    pos = torch.arange(sorted_ids.numel(), device=sorted_ids.device)
-    return pos - torch.searchsorted(sorted_ids, sorted_ids)
+    Returns:
+        (B, N) int64, the winning gt's row (in [0, G)), G where no slot competes.
+    """
+    batch, num_gt = point_idx.shape[:2]
+    flat = (point_idx + torch.arange(batch, device=point_idx.device)[:, None, None] * num_points)
+    flat = flat.flatten()
+    score = score.expand(point_idx.shape)
+    fill = -math.inf if prefer == "max" else math.inf
+    masked = torch.where(allowed, score, torch.full_like(score, fill)).flatten()
+    best = torch.full((batch * num_points,), fill, dtype=score.dtype, device=score.device)
+    best.scatter_reduce_(0, flat, masked, reduce="amax" if prefer == "max" else "amin")
+    contender = allowed & (score == best[flat].view(point_idx.shape))
+    gt_ids = torch.arange(num_gt, device=point_idx.device)[None, :, None].expand(point_idx.shape)
+    owner = torch.full((batch * num_points,), num_gt, dtype=torch.long, device=point_idx.device)
+    owner.scatter_reduce_(0, flat, torch.where(contender, gt_ids, num_gt).flatten(), reduce="amin")
+    return owner.view(batch, num_points)

@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from o2f.data.errors import DataError
 from o2f.data.transforms import Target, Transform
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_coco_json(ann_file: str | Path, img_dir: str | Path | None = None) -> dict:
+def load_coco_json(ann_file: str | Path, img_dir: str | Path | None = None,
+                   odgt: bool | None = None) -> dict:
     """Read and validate a COCO-format annotation file, or a CrowdHuman ``.odgt`` file
     (converted with :func:`o2f.data.crowdhuman.odgt_to_coco`: full-body boxes, ignore regions
-    as crowd boxes; image sizes from the records or the images in ``img_dir``).
+    as crowd boxes; image sizes from the records or the images in ``img_dir``). ``odgt``: read
+    as ``.odgt`` (None: when the suffix is ``.odgt``). Other formats: :mod:`o2f.data.formats`.
 
     Checks that ``images`` and ``categories`` (and ``annotations`` if present) are lists of
     objects with the required fields, that ids are integers and unique, that boxes are four
@@ -52,14 +55,15 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path | None = None) -> d
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: malformed JSON or a missing / invalid field; the message names the file
-            and the field.
+        DataError (a ValueError): malformed JSON or a missing / invalid field; the message
+            names the file and the field.
     """
     path = Path(ann_file)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
+    as_odgt = path.suffix == ".odgt" if odgt is None else odgt
     try:
-        if path.suffix == ".odgt":
+        if as_odgt:
             from o2f.data.crowdhuman import odgt_to_coco
 
             data = odgt_to_coco(path, img_dir)
@@ -67,13 +71,25 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path | None = None) -> d
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
+        raise DataError(f"{path}: not valid JSON: {e}") from e
+    except (ValueError, KeyError, TypeError) as e:  # a bad .odgt record
+        raise DataError(f"{path}: {e}") from e
+    return validate_coco(data, path)
+
+
+def validate_coco(data: Any, path: str | Path) -> dict:
+    """``data`` checked as a COCO-format dict read from ``path`` (see :func:`load_coco_json`),
+    with ``annotations`` set to [] when absent.
+
+    Raises:
+        DataError: a missing or invalid field, named with ``path`` and the record.
+    """
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+        raise DataError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
     data.setdefault("annotations", [])
 
-    def fail(where: str, msg: str) -> ValueError:
-        return ValueError(f"{path}: {where}: {msg}")
+    def fail(where: str, msg: str) -> DataError:
+        return DataError(f"{path}: {where}: {msg}")
 
     for key, fields in _REQUIRED.items():
         if key not in data:
@@ -141,6 +157,29 @@ def load_rgb_image(path: str | Path, image_id: int | None = None) -> Image.Image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports some corrupt files as SyntaxError / ValueError rather than OSError.
         raise OSError(f"cannot read image {what}: {e}") from e
+
+
+# EXIF orientations that turn the image by 90 degrees (width and height swap)
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file after its EXIF orientation, as
+    :func:`load_rgb_image` reads it, from the file's header only.
+
+    Raises:
+        OSError naming the path when the file is missing or not an image.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:  # 0x0112: Orientation
+                width, height = height, width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise OSError(f"cannot read image {path}: {e}") from e
+    return int(width), int(height)
 
 
 def _usable_boxes(
@@ -268,7 +307,14 @@ def _missing_files(img_dir: Path, images: Sequence[dict]) -> list[int]:
 
 
 class CocoDetection(Dataset):
-    """COCO-format detection dataset.
+    """COCO-format detection dataset, read from any annotation format of
+    :mod:`o2f.data.formats` (COCO ``.json``, a YOLO ``data.yaml``, Pascal VOC ``.xml`` files,
+    CrowdHuman ``.odgt``; ``fmt="auto"``: from the path), each read as the same COCO-format
+    dict (``self.annotations``). ``split`` is the split of a YOLO data.yaml (default ``train``
+    with ``train=True``, else ``val``); ``categories`` (``[{"id", "name"}]``, e.g. the training
+    set's) names the classes of VOC data; ``img_dir`` is optional for YOLO and VOC data
+    (``self.img_dir`` is the folder the images were found in) and ``self.format`` the format
+    read.
 
     Categories, sorted by id, map to contiguous labels 0..C-1: ``cat_ids[label]`` is the
     category id of a label, ``class_names[label]`` its name. Targets exclude crowd boxes, boxes
@@ -296,42 +342,63 @@ class CocoDetection(Dataset):
     :func:`decode_segmentation`) only when an item is read. A usable box whose annotation has
     no usable segmentation is dropped with a warning (``bad_annotations["no_mask"]``; an error
     with ``strict=True``, or when no annotation has a usable one: box-only data).
+
+    Memory: the targets live in a compact index (numpy arrays: boxes (M, 4), labels (M,),
+    per-image offsets, image ids, sizes and file names) built from the COCO-format dict,
+    whatever format it was read from. A box-only training set (``train=True``,
+    ``with_masks=False``) keeps nothing else, so each rank and loader worker holds a few bytes
+    per box instead of the annotation records with their polygons; the others keep the dict
+    (:attr:`annotations`; :attr:`coco` indexes it with pycocotools on first use) for masks and
+    evaluation.
     """
 
     def __init__(
         self,
         ann_file: str | Path,
-        img_dir: str | Path,
+        img_dir: str | Path | None,
         transforms: Transform | None = None,
         train: bool = False,
         strict: bool = False,
         with_masks: bool = False,
+        fmt: str = "auto",
+        split: str | None = None,
+        categories: Sequence[dict] | None = None,
     ):
+        from o2f.data.formats import read_dataset
+
         self.ann_file = Path(ann_file)
-        self.img_dir = Path(img_dir)
         self.transforms = transforms
         self.train = train
         self.strict = strict
         self.with_masks = with_masks
 
-        data = load_coco_json(self.ann_file, self.img_dir)
-        self.coco = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco.createIndex()
+        data, self.img_dir, self.format = read_dataset(
+            self.ann_file, img_dir, fmt, split or ("train" if train else "val"), categories,
+            strict)
+        # The annotation records (polygons and all) are kept only where they are used: masks
+        # are decoded from them, and evaluation (train=False) indexes them. A box-only training
+        # set keeps the compact index below, not a copy per rank and loader worker.
+        self._data: dict | None = data if (with_masks or not train) else None
+        self._coco: COCO | None = None
+        records = sorted(data["images"], key=lambda img: img["id"])
+        self._images = (records if self._data is not None else None)  # full records, by id
+        self._image_ids = np.array([img["id"] for img in records], dtype=np.int64)
+        self._image_sizes = np.array([(img["width"], img["height"]) for img in records],
+                                     dtype=np.int64).reshape(-1, 2)
+        self._file_names = np.array([img["file_name"] for img in records], dtype=np.str_)
 
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids: list[int] = [c["id"] for c in cats]
         self.class_names: list[str] = [str(c["name"]) for c in cats]
         self.label_of: dict[int, int] = {cid: i for i, cid in enumerate(self.cat_ids)}
 
-        all_ids = sorted(self.coco.imgs)
+        all_ids = self._image_ids.tolist()
         self._boxes, self._labels, self._offsets, self.bad_annotations, self._rows = (
             _usable_boxes(data, all_ids, self.label_of))
         self._report_bad_annotations()
         if with_masks:
             self._drop_boxes_without_masks(data)
-        self.missing_ids = _missing_files(self.img_dir, [self.coco.imgs[i] for i in all_ids])
+        self.missing_ids = _missing_files(self.img_dir, records)
         self._report_missing_files(len(all_ids))
         missing = set(self.missing_ids) if train else set()
         counts = np.diff(self._offsets)
@@ -349,7 +416,7 @@ class CocoDetection(Dataset):
             )
         if not self.ids:
             what = "images with usable boxes and a file" if train else "images"
-            raise ValueError(f"{self.ann_file}: no {what} ({len(all_ids)} images, "
+            raise DataError(f"{self.ann_file}: no {what} ({len(all_ids)} images, "
                              f"{len(data['annotations'])} annotations)")
 
     def _report_bad_annotations(self) -> None:
@@ -360,7 +427,7 @@ class CocoDetection(Dataset):
             msg = (f"{self.ann_file}: {len(ids)} non-crowd box(es) with {rules[kind]}, "
                    f"annotation id(s) {_first(ids)}")
             if self.strict:
-                raise ValueError(msg + " (data.strict=true)")
+                raise DataError(msg + " (data.strict=true)")
             logger.warning("%s: not used as training targets", msg)
 
     def _drop_boxes_without_masks(self, data: dict) -> None:
@@ -382,10 +449,10 @@ class CocoDetection(Dataset):
                f"usable instance mask, annotation id(s) {_first(self.bad_annotations['no_mask'])}"
                f" (annotation id {anns[first]['id']}: {problems[first]})")
         if len(problems) == len(self._rows):
-            raise ValueError(msg + "; masks (model.mask.enabled=true) need a 'segmentation' "
+            raise DataError(msg + "; masks (model.mask.enabled=true) need a 'segmentation' "
                              "(polygons or RLE) in the annotations")
         if self.strict:
-            raise ValueError(msg + " (data.strict=true)")
+            raise DataError(msg + " (data.strict=true)")
         logger.warning("%s: not used as training targets", msg)
         keep = ~np.isin(self._rows, np.array(list(problems), dtype=np.int64))
         num_images = len(self._offsets) - 1
@@ -399,18 +466,19 @@ class CocoDetection(Dataset):
         rows = self._rows[self._offsets[pos]:self._offsets[pos + 1]].tolist()
         masks = np.zeros((len(rows), height, width), dtype=np.uint8)
         for i, row in enumerate(rows):
-            ann = self.coco.dataset["annotations"][row]
+            ann = self._data["annotations"][row]
             try:
                 masks[i] = decode_segmentation(ann.get("segmentation"), height, width)
             except ValueError as e:
-                raise ValueError(f"{self.ann_file}: annotation id {ann['id']} (image id "
+                raise DataError(f"{self.ann_file}: annotation id {ann['id']} (image id "
                                  f"{ann['image_id']}): {e}") from e
         return torch.from_numpy(masks)
 
     def _report_missing_files(self, num_images: int) -> None:
         if not self.missing_ids:
             return
-        names = [self.coco.imgs[i]["file_name"] for i in self.missing_ids]
+        pos = np.searchsorted(self._image_ids, np.array(self.missing_ids, dtype=np.int64))
+        names = self._file_names[pos].tolist()
         msg = (f"{self.img_dir}: {len(names)} of {num_images} image files of {self.ann_file} "
                f"do not exist: {_first(names)} (image id(s) {_first(self.missing_ids)})")
         if self.strict:
@@ -422,12 +490,56 @@ class CocoDetection(Dataset):
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
+    @property
+    def categories(self) -> list[dict]:
+        """``[{"id", "name"}, ...]`` in label order, e.g. to read a validation set with the
+        training set's classes."""
+        return [{"id": c, "name": n} for c, n in zip(self.cat_ids, self.class_names,
+                                                     strict=True)]
+
     def __len__(self) -> int:
         return len(self.ids)
 
     def image_info(self, index: int) -> dict:
-        """The ``images`` record of item ``index`` (id, file_name, width, height, ...)."""
-        return self.coco.imgs[self.ids[index]]
+        """The ``images`` record of item ``index``: id, file_name, width, height (and the
+        record's other fields where the annotation records are kept, see :attr:`coco`)."""
+        pos = int(self._positions[index])
+        if self._images is not None:
+            return self._images[pos]
+        width, height = self._image_sizes[pos].tolist()
+        return {"id": int(self._image_ids[pos]), "file_name": str(self._file_names[pos]),
+                "width": width, "height": height}
+
+    def image_sizes(self) -> np.ndarray:
+        """(width, height) of every item, int64 (len(self), 2), without a record per image."""
+        return self._image_sizes[self._positions]
+
+    @property
+    def annotations(self) -> dict:
+        """The COCO-format dict read (``images``, ``annotations``, ``categories``): kept for
+        evaluation sets (``train=False``) and mask training sets.
+
+        Raises:
+            RuntimeError: a box-only training set, which keeps a compact index of its boxes
+                and labels (numpy arrays) instead of the annotation records.
+        """
+        if self._data is None:
+            raise RuntimeError(f"{self.ann_file}: a box-only training set (train=True, "
+                               "with_masks=False) keeps a compact index of boxes and labels, not "
+                               "the annotation records; read it with train=False to evaluate")
+        return self._data
+
+    @property
+    def coco(self) -> COCO:
+        """A pycocotools index of :attr:`annotations`, built on first use (evaluation with
+        ``pycocotools``, CrowdHuman records); raises as :attr:`annotations` does."""
+        if self._coco is None:
+            coco = COCO()
+            coco.dataset = self.annotations
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
 
     def target_boxes(self) -> tuple[np.ndarray, np.ndarray]:
         """The target boxes of every item, without reading an image: float32 (M, 4) x1, y1, x2,
@@ -444,7 +556,7 @@ class CocoDetection(Dataset):
         path = self.img_dir / info["file_name"]
         img = load_rgb_image(path, info["id"])
         if img.size != (info["width"], info["height"]):
-            raise ValueError(
+            raise DataError(
                 f"image {path} (image id {info['id']}) is {img.size[0]}x{img.size[1]} after EXIF "
                 f"orientation but the annotations say {info['width']}x{info['height']}"
             )

@@ -2,6 +2,7 @@
 safetensors weights, and conversion of the authors' MMDetection checkpoints."""
 
 from o2f.builders import detector_from_checkpoint as load_detector
+from o2f.deploy.backends import FORMATS, load_backend, load_exported
 from o2f.deploy.coco_classes import COCO_CAT_IDS, COCO_CLASSES
 from o2f.deploy.convert_mmdet import (
     ConversionError,
@@ -19,6 +20,7 @@ from o2f.deploy.weights import (
 
 __all__ = [
     "COCO_CAT_IDS",
+    "FORMATS",
     "COCO_CLASSES",
     "ConversionError",
     "Detector",
@@ -29,7 +31,9 @@ __all__ = [
     "export_onnx",
     "find_images",
     "image_to_tensor",
+    "load_backend",
     "load_detector",
+    "load_exported",
     "load_mmdet_checkpoint",
     "load_safetensors_weights",
     "read_weights",

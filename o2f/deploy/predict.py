@@ -8,6 +8,8 @@
 Each image is resized as at test time (short side ``data.test_short``, long side at most
 ``data.max_size``, the evaluation transform itself), run through the model without NMS, and
 its boxes (and masks) are mapped back to the original image's pixels.
+``predict(image, tile=640, overlap=0.2)`` runs a large image in tiles instead (sliced
+inference, merged without NMS: :mod:`o2f.deploy.tiling`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Detector:
     """A detector ready for inference on single images.
 
     Args:
-        model: an O2FDetector (put in eval mode on ``device``).
+        model: an O2FDetector (put in eval mode on ``device``), or an exported model
+            (:class:`o2f.deploy.backends.ExportedModel`: ONNX Runtime / OpenVINO, CPU).
         cfg: its config (test-time resize and selection).
         meta: checkpoint meta; ``class_names`` give the ``names`` of detections.
         device: where to run (default: CUDA when available, else CPU).
@@ -68,10 +71,14 @@ class Detector:
     def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any] | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = for_inference(model.to(self.device))  # eval-only copy, BatchNorm folded
+        exported = not isinstance(model, torch.nn.Module)
+        if exported:
+            self.device = torch.device("cpu")
+        # eval-only copy, BatchNorm folded; an export runs as it is
+        self.model = model if exported else for_inference(model.to(self.device))
         self.cfg = cfg
         self.meta = dict(meta or {})
-        num_classes = self.model.head.num_classes
+        num_classes = model.num_classes if exported else self.model.head.num_classes
         names = self.meta.get("class_names") or [str(i) for i in range(num_classes)]
         if len(names) != num_classes:
             raise ValueError(f"{len(names)} class names for a model of {num_classes} classes")
@@ -84,30 +91,46 @@ class Detector:
         cls, path: str | Path, config: str | None = None,
         overrides: Sequence[str] = (), device: str | torch.device | None = None,
     ) -> Detector:
-        """Load a ``.pth`` checkpoint or a ``.safetensors`` weights file (safe loading).
+        """Load a ``.pth`` checkpoint or a ``.safetensors`` weights file (safe loading), or
+        an export: ``.onnx`` (fp32 or int8) or an OpenVINO ``.xml`` (boxes only, on the CPU).
 
         Args:
-            path: the weights.
+            path: the weights or the export.
             config: a config name or path; None (or "-") uses the config stored with the
                 weights.
             overrides: key=value config overrides, e.g. ``["test.score_thr=0.3"]``.
             device: where to run.
         """
         from o2f.builders import detector_from_checkpoint
+        from o2f.deploy.backends import is_exported_model, load_exported
 
         config = None if config in (None, "-") else config
-        model, cfg, meta = detector_from_checkpoint(path, config, tuple(overrides))
+        load = load_exported if is_exported_model(path) else detector_from_checkpoint
+        model, cfg, meta = load(path, config, tuple(overrides))
         return cls(model, cfg, meta, device)
 
     @torch.no_grad()
-    def predict(self, image: ImageInput, score_thr: float | None = None) -> dict[str, Any]:
-        """Detect objects in one image.
+    def predict(self, image: ImageInput, score_thr: float | None = None,
+                tile: int | None = None, overlap: float = 0.2,
+                tile_batch: int = 8) -> dict[str, Any]:
+        """Detect objects in one image, whole or in tiles (sliced inference, for images much
+        larger than the model's test size).
 
         Args:
             image: a path, a PIL image, an H x W x 3 uint8 RGB array or a (3, H, W) uint8
                 tensor.
             score_thr: keep detections scoring above this (default: ``test.score_thr``;
                 a lower value than that has no effect).
+            tile: None: the whole image, resized once. Else the side in ORIGINAL-image pixels
+                of square tiles cut from it (:mod:`o2f.deploy.tiling`); each tile is resized
+                by the model's test resize exactly as a whole image would be (short side
+                ``data.test_short``, long side at most ``data.max_size``: a 400 px tile at
+                test_short 800 is enlarged 2x), run without NMS, and each detection is kept
+                only from the tile whose core (the tile less half the overlap on each inner
+                side) holds its box centre. Each tile contributes up to
+                ``test.max_per_img`` detections.
+            overlap: the share of ``tile`` that adjacent tiles have in common, in [0, 1).
+            tile_batch: tiles run through the model per batch.
 
         Returns:
             ``boxes`` float32 (K, 4) x1, y1, x2, y2 in the original image's pixels, ``scores``
@@ -116,8 +139,11 @@ class Detector:
             original image's size.
         """
         original = image_to_tensor(image)
-        resized, target = self.transform(original, {})
-        det = self.model([resized.to(self.device)], [target])[0]
+        if tile is None:
+            resized, target = self.transform(original, {})
+            det = self.model([resized.to(self.device)], [target])[0]
+        else:
+            det = self._predict_tiles(original, tile, overlap, tile_batch)
         scores = det["scores"]
         order = scores.argsort(descending=True, stable=True)  # already sorted; made explicit
         if score_thr is not None:
@@ -128,6 +154,23 @@ class Detector:
             out["masks"] = out["masks"].bool()
         out["names"] = [self.class_names[i] for i in out["labels"].tolist()]
         return out
+
+    def _predict_tiles(self, image: Tensor, tile: int, overlap: float,
+                       batch: int) -> dict[str, Tensor]:
+        """Detections of a uint8 (3, H, W) image in tiles, merged by core ownership."""
+        from o2f.deploy.tiling import merge_tiles, tile_grid
+
+        height, width = image.shape[-2:]
+        tiles, cores = tile_grid(height, width, tile, overlap)
+        per_tile: list[dict[str, Tensor]] = []
+        for i in range(0, len(tiles), max(1, batch)):
+            inputs, targets = [], []
+            for x0, y0, x1, y1 in tiles[i : i + batch].tolist():
+                resized, target = self.transform(image[:, y0:y1, x0:x1], {})
+                inputs.append(resized.to(self.device))
+                targets.append({**target, "orig_size": (y1 - y0, x1 - x0)})
+            per_tile += self.model(inputs, targets)
+        return merge_tiles(per_tile, tiles, cores, height, width)
 
     def draw(self, image: ImageInput, result: dict[str, Any]) -> Tensor:
         """The image (uint8 (3, H, W)) with ``result``'s boxes drawn, labelled "name score",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from o2f import distributed as du
 from o2f.data import collate
+from o2f.engine.precision import autocast_dtype
 from o2f.evaluation.duplicates import duplicate_rate
 from o2f.models.fuse import for_inference
 
@@ -54,30 +56,42 @@ def metrics_for_file(metrics: dict) -> dict[str, float]:
 @torch.no_grad()
 def run_inference(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 1,
-    workers: int = 2, desc: str = "test", report: dict | None = None,
+    workers: int = 2, desc: str = "test", report: dict | None = None, precision: str = "fp32",
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Detections of every image of ``dataset``, keyed by image id, on every rank.
 
-    Each rank runs the images ``rank, rank + world, ...``; the results are gathered so that no
-    image is dropped or counted twice. Boxes are in original-image pixels, on the CPU. A mask
+    The images are taken in the order of :func:`inference_order` (by aspect ratio, so a batch
+    of ``batch_size`` images holds like-shaped ones and the model pads each batch to little
+    more than its largest image: the head's GroupNorm sees the padding, so a portrait image in
+    a landscape batch would be detected differently than alone). Rank r runs positions
+    ``r, r + world, ...`` of that order (shards differ by at most one image; no image is
+    repeated to even them out); the results are gathered so that no image is dropped or
+    counted twice. The network runs under autocast in ``precision`` (``test.precision``:
+    fp32, bf16, fp16 or auto, see :func:`o2f.engine.precision.autocast_dtype`); box
+    selection and masks run in fp32. Boxes are in original-image pixels, on the CPU. A mask
     model's ``masks`` (K, H, W) are encoded at once as ``rles``, K compressed COCO RLEs
     (:func:`o2f.evaluation.coco.encode_masks`), which keeps 5000 images small. An image
     the dataset could not read (``unreadable`` in its target) gets no detections; their ids go
     to ``report["unreadable_ids"]`` when a ``report`` dict is given, and to a warning.
     """
     rank, world = du.rank(), du.world_size()
-    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    dtype = autocast_dtype(precision, device, key="test.precision")
+    shard = Subset(dataset, inference_order(dataset)[rank::world].tolist())
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
-    net = for_inference(model)  # eval-only copy, BatchNorm folded: same detections, faster
+    # eval-only copy, BatchNorm folded: same detections, faster; an export
+    # (o2f.deploy.backends.ExportedModel) runs as it is
+    net = for_inference(model) if isinstance(model, nn.Module) else model
     local: dict[int, dict[str, torch.Tensor]] = {}
     unreadable: list[int] = []
     for images, targets in tqdm(loader, desc=desc, disable=not du.is_main_process(),
                                 dynamic_ncols=True):
         images = [img.to(device, non_blocking=True) for img in images]
-        for det, tgt in zip(net(images, targets), targets, strict=True):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            dets = net(images, targets)
+        for det, tgt in zip(dets, targets, strict=True):
             if tgt.get("unreadable"):  # counted with no detections, never dropped
                 det = {k: v[:0] for k, v in det.items()}
                 unreadable.append(int(tgt["image_id"]))
@@ -98,6 +112,23 @@ def run_inference(
     return merged
 
 
+def inference_order(dataset: Dataset) -> np.ndarray:
+    """Item indices (len(dataset),) int64 sorted by aspect ratio (height / width; ties by
+    area, then index), so that consecutive items resize to equal or close sizes. Uses the
+    dataset's ``image_sizes()`` ((N, 2) width, height) or ``image_info(i)``; a dataset with
+    neither keeps its own order."""
+    if hasattr(dataset, "image_sizes"):
+        wh = np.asarray(dataset.image_sizes(), dtype=np.float64).reshape(-1, 2)
+    elif hasattr(dataset, "image_info"):
+        infos = [dataset.image_info(i) for i in range(len(dataset))]
+        wh = np.array([(im["width"], im["height"]) for im in infos], dtype=np.float64)
+    else:
+        return np.arange(len(dataset), dtype=np.int64)
+    wh = wh.reshape(-1, 2)
+    index = np.arange(len(wh))
+    return np.lexsort((index, wh[:, 0] * wh[:, 1], wh[:, 1] / wh[:, 0])).astype(np.int64)
+
+
 def _to_host(det: dict[str, torch.Tensor]) -> dict:
     """One image's detections on the CPU, its masks (if any) as compressed RLEs."""
     from o2f.evaluation.coco import encode_masks
@@ -110,8 +141,12 @@ def _to_host(det: dict[str, torch.Tensor]) -> dict:
 
 def coco_evaluate(
     model: nn.Module, dataset, device: torch.device, batch_size: int = 1, workers: int = 2,
+    details: dict | None = None, precision: str = "fp32", evaluator: str = "faster_coco_eval",
 ) -> tuple[dict, list[dict]]:
-    """Metrics of ``model`` on a :class:`o2f.data.CocoDetection` in eval mode.
+    """Metrics of ``model`` on a :class:`o2f.data.CocoDetection` in eval mode, inferred in
+    batches of ``batch_size`` in ``precision`` (:func:`run_inference`; ``test.batch_size``,
+    ``test.precision``) and scored by ``evaluator`` (``test.evaluator``: faster_coco_eval or
+    pycocotools, :mod:`o2f.evaluation.coco`; same AP).
 
     Returns:
         metrics (empty on ranks other than 0) and the detections. For COCO-format data: the
@@ -120,26 +155,35 @@ def coco_evaluate(
         and ``per_class``, and detections in the COCO results format with the dataset's own
         category ids (with an RLE ``segmentation`` for a mask model). For CrowdHuman
         ``.odgt`` data: ``AP``, ``mMR``, ``Recall``, ``JI`` (SPEC §7), and detections as
-        ``.odgt`` records.
+        ``.odgt`` records. ``details``, when a dict, receives (rank 0) ``detections`` (image id
+        -> ``boxes`` (K, 4), ``scores`` (K,), ``labels`` (K,)) and, for COCO-format data, the
+        box evaluator's ``precision`` array (:func:`o2f.evaluation.coco.evaluate_coco`): what
+        :mod:`o2f.evaluation.plots` draws.
     """
     from o2f.evaluation.coco import detections_to_coco_results, evaluate_boxes_and_masks
 
     report: dict = {}
-    dets = run_inference(model, dataset, device, batch_size, workers, report=report)
+    dets = run_inference(model, dataset, device, batch_size, workers, report=report,
+                         precision=precision)
     image_ids = list(dataset.ids)
-    if dataset.ann_file.suffix == ".odgt":
+    if getattr(dataset, "format", None) == "odgt":
         metrics, records = _crowdhuman_metrics(dataset, [dets[i] for i in image_ids], image_ids)
     else:
         records = detections_to_coco_results([dets[i] for i in image_ids], image_ids,
                                              dataset.cat_ids)
         masks = any("rles" in det for det in dets.values())
         try:
-            metrics = (evaluate_boxes_and_masks(dataset.coco, records, image_ids, masks)
-                       if du.is_main_process() else {})
+            metrics = {}
+            if du.is_main_process():  # pycocotools indexes its own COCO object, built once
+                gt = dataset.coco if evaluator == "pycocotools" else dataset.annotations
+                metrics = evaluate_boxes_and_masks(gt, records, image_ids, masks,
+                                                   evaluator=evaluator, details=details)
         except ValueError as e:  # e.g. mask AP asked of annotations without masks
             raise ValueError(f"{dataset.ann_file}: {e}") from e
         if metrics:
             metrics["dup_rate"] = duplicate_rate(dets)
+    if details is not None and du.is_main_process():
+        details["detections"] = dets
     if metrics and report["unreadable_ids"]:
         metrics["unreadable_images"] = len(report["unreadable_ids"])
     return metrics, records

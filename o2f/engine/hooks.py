@@ -2,18 +2,25 @@
 
 A hook implements any of (the base class does nothing):
 
+- ``before_train(trainer)``: once, when :meth:`Trainer.run` starts (also after a resume);
+- ``after_log(trainer, record)``: after each logged iteration (``train.log_interval``), on
+  every rank; ``record`` holds ``iteration``, ``lr``, the loss terms and their sum ``loss``;
 - ``after_step(trainer)``: after each optimizer step taken (not after a step skipped for a
   non-finite loss or by the AMP scaler);
 - ``after_validation(trainer, metrics, summary)``: after each validation during training, on
   every rank (``metrics`` is rank 0's, ``{}`` elsewhere); ``summary`` is the epoch's
   ``history.json`` record, which the hook may extend;
 - ``should_stop()``: True ends training after the current epoch (the same on every rank);
+- ``after_train(trainer, metrics)``: once, at the end of the run (after ``metrics.json``), on
+  every rank, with the last validation's metrics (``{}`` without validation);
 - ``results()``: entries for ``metrics.json``;
 - ``state_dict()`` / ``load_state_dict(state)``: its part of a checkpoint (``hooks[name]``), so
   ``--resume`` continues it exactly.
 
-The features: :class:`EMAHook` (``train.ema``), :class:`BestCheckpoint` (``best.pth``) and
-:class:`EarlyStopping` (``train.patience``); :func:`build_hooks` picks them from the config.
+The features: :class:`EMAHook` (``train.ema``), :class:`BestCheckpoint` (``best.pth``),
+:class:`EarlyStopping` (``train.patience``), :class:`EvaluationPlots` (``train.plots``) and the
+experiment trackers of :mod:`o2f.engine.loggers` (``train.loggers``); :func:`build_hooks` picks
+them from the config.
 """
 
 from __future__ import annotations
@@ -35,8 +42,14 @@ class Hook:
 
     name = ""  # key of its state in a checkpoint's "hooks"; "" for a stateless hook
 
+    def before_train(self, trainer: Trainer) -> None:
+        """Called once when the run starts."""
+
     def after_step(self, trainer: Trainer) -> None:
         """Called after each optimizer step taken."""
+
+    def after_log(self, trainer: Trainer, record: dict[str, float]) -> None:
+        """Called after each logged iteration."""
 
     def after_validation(self, trainer: Trainer, metrics: dict, summary: dict) -> None:
         """Called after each validation during training."""
@@ -44,6 +57,9 @@ class Hook:
     def should_stop(self) -> bool:
         """Whether training should end after the current epoch."""
         return False
+
+    def after_train(self, trainer: Trainer, metrics: dict) -> None:
+        """Called once at the end of the run."""
 
     def results(self) -> dict[str, Any]:
         """Entries for ``metrics.json``."""
@@ -151,13 +167,37 @@ class EarlyStopping(Hook):
         self.stopped_epoch = state.get("stopped_epoch") if self.should_stop() else None
 
 
+class EvaluationPlots(Hook):
+    """At the end of training, the evaluation plots of the last validation into
+    ``WORK_DIR/plots`` (:func:`o2f.evaluation.plots.write_evaluation_plots`: PR curves,
+    confusion matrix, F1 against score, duplicate rate, worst images), rank 0; COCO-format
+    validation data only."""
+
+    def after_train(self, trainer: Trainer, metrics: dict) -> None:
+        details = getattr(trainer, "last_eval", None)
+        if not trainer.main or not details or "precision" not in details:
+            return
+        from o2f.evaluation.plots import write_evaluation_plots
+
+        summary = write_evaluation_plots(trainer.work_dir / "plots", trainer.val_set,
+                                         details["detections"], details)
+        trainer.log.info("evaluation plots in %s: best F1 %.3f at score %.3f, duplicate rate "
+                         "%.4f", trainer.work_dir / "plots", summary["best_f1"],
+                         summary["best_f1_score_thr"], summary["dup_rate"])
+
+
 def build_hooks(cfg: Config, ema: ModelEMA | None, with_validation: bool) -> list[Hook]:
-    """The hooks of ``cfg.train``, in the order they run: the EMA update, ``best.pth`` and early
-    stopping (both only with validation during training)."""
+    """The hooks of ``cfg.train``, in the order they run: the EMA update, ``best.pth``, early
+    stopping and the evaluation plots (those three only with validation during training),
+    then the loggers of ``train.loggers``."""
+    from o2f.engine.loggers import build_loggers
+
     hooks: list[Hook] = [EMAHook(ema)] if ema is not None else []
     if with_validation:
         best = BestCheckpoint()
         hooks.append(best)
         if cfg.train.patience > 0:
             hooks.append(EarlyStopping(best, cfg.train.patience))
-    return hooks
+        if cfg.train.plots:
+            hooks.append(EvaluationPlots())
+    return hooks + build_loggers(cfg.train.loggers)

@@ -1,4 +1,5 @@
-"""Run logs: a plain-text log, TensorBoard scalars, loss curves and metrics files (rank 0)."""
+"""Run logs: a plain-text log, loss curves and metrics files (rank 0); the experiment trackers
+(TensorBoard, MLflow, W&B) are hooks in :mod:`o2f.engine.loggers`."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The training loop: data-parallel with torch.distributed, AMP on CUDA, exact resume."""
+"""The training loop: data-parallel with torch.distributed, a precision choice, exact resume."""
 
 from __future__ import annotations
 
 import math
 import random
+import socket
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,13 @@ from o2f import distributed as du
 from o2f.builders import build_detector
 from o2f.config import Config, ConfigError, dump_config
 from o2f.data import CocoDetection, Repeated, build_transforms, collate
+from o2f.data.errors import DataError
+from o2f.data.formats import check_paths, detect_format
 from o2f.data.sampler import AspectGroupedBatchSampler
+from o2f.data.seeded import SeededBatches, SeededItems
 from o2f.data.summary import log_dataset_summary, summarize_dataset
 from o2f.engine.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     load_model_weights,
     prune_epoch_checkpoints,
@@ -32,11 +36,16 @@ from o2f.engine.ema import ModelEMA
 from o2f.engine.evaluate import coco_evaluate, headline_keys, metrics_for_file
 from o2f.engine.hooks import Hook, build_hooks
 from o2f.engine.logs import get_logger, plot_loss_curve, setup_logging, write_json
-from o2f.engine.optim import LRSchedule, build_optimizer
+from o2f.engine.optim import LRSchedule, build_optimizer, scaled_lr, set_base_lr
+from o2f.engine.precision import autocast_dtype, describe
 
 
 class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite."""
+
+
+def _format_terms(names: list[str], terms: torch.Tensor) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in zip(names, terms.tolist(), strict=True))
 
 
 def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -52,31 +61,44 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def _check_split_paths(cfg: Config, split: str) -> None:
+    """The annotation (and, where the format needs one, image) paths of ``data.<split>``
+    exist; a ConfigError naming the key otherwise."""
     s = getattr(cfg.data, split)
-    if not Path(s.ann_file).is_file():
-        raise ConfigError(f"data.{split}.ann_file: {s.ann_file} does not exist")
-    if not Path(s.img_dir).is_dir():
-        raise ConfigError(f"data.{split}.img_dir: {s.img_dir} is not a folder")
+    try:
+        fmt = detect_format(s.ann_file, cfg.data.format)
+    except DataError as err:
+        raise ConfigError(f"data.{split}.ann_file: {err}") from err
+    problem = check_paths(s.ann_file, s.img_dir, fmt)
+    if problem:
+        raise ConfigError(f"data.{split}.{problem}")
 
 
 def build_datasets(cfg: Config, with_val: bool) -> tuple[CocoDetection, CocoDetection | None]:
+    """The training set and (``with_val``) the validation set of ``cfg.data``; the
+    validation set is read with the training set's categories (see
+    :func:`build_val_dataset`)."""
     d = cfg.data
     for split in ("train", "val") if with_val else ("train",):  # before any slow loading
         _check_split_paths(cfg, split)
     train_tf = build_transforms(True, d.max_size, tuple(d.train_short), d.flip_prob,
                                 d.crop_prob, d.crop_min_scale, d.color_jitter)
     train_set = CocoDetection(d.train.ann_file, d.train.img_dir, train_tf, train=True,
-                              strict=d.strict, with_masks=cfg.model.mask.enabled)
-    val_set = build_val_dataset(cfg) if with_val else None
+                              strict=d.strict, with_masks=cfg.model.mask.enabled,
+                              fmt=d.format)
+    val_set = build_val_dataset(cfg, train_set.categories) if with_val else None
     return train_set, val_set
 
 
-def build_val_dataset(cfg: Config) -> CocoDetection:
+def build_val_dataset(cfg: Config, categories: list[dict] | None = None) -> CocoDetection:
+    """The validation set of ``cfg.data`` (a YOLO data.yaml's ``val`` split). ``categories``
+    (``[{"id", "name"}]``: the training set's, or a checkpoint's) name the classes of formats
+    that do not list them (Pascal VOC), so that labels mean the same as in training."""
     d = cfg.data
     _check_split_paths(cfg, "val")
     tf = build_transforms(False, d.max_size, (d.test_short, d.test_short), 0.0)
-    val_set = CocoDetection(d.val.ann_file, d.val.img_dir, tf, train=False, strict=d.strict)
-    if cfg.model.mask.enabled and val_set.ann_file.suffix != ".odgt":  # mask AP needs gt masks
+    val_set = CocoDetection(d.val.ann_file, d.val.img_dir, tf, train=False, strict=d.strict,
+                            fmt=d.format, categories=categories)
+    if cfg.model.mask.enabled and val_set.format != "odgt":  # mask AP needs gt masks
         from o2f.evaluation.coco import annotations_without_masks
 
         missing = annotations_without_masks(val_set.coco)
@@ -86,6 +108,17 @@ def build_val_dataset(cfg: Config) -> CocoDetection:
                 f"{d.val.ann_file} have no 'segmentation' (e.g. id {missing[0]}); mask AP "
                 "needs ground-truth masks")
     return val_set
+
+
+def batchnorm_frozen(model: torch.nn.Module) -> bool:
+    """Whether no BatchNorm of ``model`` updates running statistics in training mode (all are
+    kept in eval mode by ``norm_eval``, or track none): then DDP need not broadcast buffers."""
+    was_training = model.training
+    model.train()
+    frozen = all(not m.training or not m.track_running_stats for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    model.train(was_training)
+    return frozen
 
 
 def _move_targets(targets: list[dict], device: torch.device) -> list[dict]:
@@ -98,7 +131,7 @@ class Trainer:
     """Owns one training run in ``work_dir`` (see :func:`train`)."""
 
     def __init__(self, cfg: Config, work_dir: str | Path, resume: bool = False) -> None:
-        self.rank, self.world, self.device = init_distributed()
+        self.rank, self.world, self.device = init_distributed(device=cfg.train.device)
         self.main = self.rank == 0
         self.work_dir = Path(work_dir)
         self.log = setup_logging(self.work_dir, self.main)
@@ -119,21 +152,35 @@ class Trainer:
         cfg.model.num_classes = num_classes
         self.cfg = cfg
         self.model = build_detector(cfg, num_classes).to(self.device)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index]
-                                            if self.device.type == "cuda" else None)
-                    if self.world > 1 else self.model)
-        total_batch = cfg.data.batch_size * self.world
+        # grads as views of the all-reduce buckets (no copy, less memory); with every BatchNorm
+        # frozen (norm_eval) no buffer changes in training, so none is broadcast each forward
+        # (forward_sync_buffers: torch 2.14's name for broadcast_buffers; buffers are still
+        # synchronised once, at construction)
+        self.ddp = (DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            gradient_as_bucket_view=True, forward_sync_buffers=not batchnorm_frozen(self.model))
+            if self.world > 1 else self.model)
+        self.total_batch = total_batch = cfg.data.batch_size * self.world
         self.optimizer = build_optimizer(self.model, cfg.optim, total_batch)
-        self.amp = t.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.autocast_dtype = autocast_dtype(t.precision, self.device)
+        # only fp16 needs loss scaling; a disabled scaler passes steps straight through
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.autocast_dtype == torch.float16)
+        if self.device.type == "cuda" and self.autocast_dtype is None:
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 recipes: TF32 on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
         epoch_set = Repeated(self.train_set, cfg.data.repeat)
         self.sampler = DistributedSampler(epoch_set, self.world, self.rank, shuffle=True,
                                           seed=t.seed)
         self.loader_rng = torch.Generator()
+        # workers live for the whole run; each item's augmentation is seeded from (seed,
+        # epoch, index) (o2f.data.seeded), so that stays deterministic and resumable
+        self.batches = SeededBatches(self._batch_sampler(epoch_set), t.seed)
         self.loader = DataLoader(
-            epoch_set, batch_sampler=self._batch_sampler(epoch_set),
+            SeededItems(epoch_set), batch_sampler=self.batches,
             num_workers=cfg.data.workers, collate_fn=collate, worker_init_fn=_seed_worker,
             generator=self.loader_rng, pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.data.workers > 0,
         )
         self.schedule = LRSchedule(cfg.optim, self.iters_per_epoch() * t.epochs)
         self.epoch = 0  # epochs completed
@@ -151,16 +198,13 @@ class Trainer:
             (self.work_dir / "config.yaml").write_text(dump_config(cfg))
             self.log.info("%d training images (%d skipped without usable boxes, %d with a "
                           "missing file), %d classes, world size %d, total batch %d, lr %.5g, "
-                          "device %s", len(self.train_set), self.train_set.num_skipped,
-                          len(self.train_set.missing_ids), num_classes,
-                          self.world, total_batch, self.optimizer.param_groups[0]["lr"],
-                          self.device)
+                          "device %s, precision %s (train.precision=%s)", len(self.train_set),
+                          self.train_set.num_skipped, len(self.train_set.missing_ids),
+                          num_classes, self.world, total_batch,
+                          self.optimizer.param_groups[0]["lr"], self.device,
+                          describe(self.autocast_dtype), t.precision)
             self._summarize_dataset()
-        self.tb = None
-        if self.main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.work_dir / "tensorboard"))
+        self.last_eval: dict[str, Any] = {}  # the last validation's detections and PR data
 
     # -- checkpoints -------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -180,6 +224,10 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         state = {
             **self._deploy_state(), "optimizer": self.optimizer.state_dict(),
+            # what --resume needs to follow another world size (see _follow_total_batch)
+            "world_size": self.world, "total_batch": self.total_batch,
+            "base_lr": scaled_lr(self.cfg.optim, self.total_batch),
+            "iters_per_epoch": self.iters_per_epoch(),
             "scaler": self.scaler.state_dict(), "history": self.history, "curve": self.curve,
             "skipped_steps": self.skipped_steps, "replaced_images": self.replaced_images,
             "hooks": {h.name: h.state_dict() for h in self.hooks if h.name},
@@ -208,12 +256,79 @@ class Trainer:
         if self.main:
             save_checkpoint({**self._deploy_state(), **extra}, self.work_dir / name)
 
+    def _read_resume_checkpoint(self, path: Path) -> dict[str, Any] | None:
+        """``path`` as read by this rank, after every rank has reported whether it could read
+        it (one all-gather): None when no rank has it (a fresh start); a
+        :class:`CheckpointError` on every rank, naming the ranks, when some cannot read it or
+        the ranks read different checkpoints (a multi-node run without a shared work dir)."""
+        state, problem = None, None
+        try:
+            state = load_checkpoint(path, map_location=self.device)
+            problem = None
+        except CheckpointError as err:
+            problem = "missing" if not path.exists() else str(err)
+        found = (state["epoch"], state["iteration"]) if state is not None else None
+        reports = du.all_gather_objects((problem, found, socket.gethostname(), str(path)))
+        if all(p == "missing" for p, _, _, _ in reports):
+            self.log.warning("--resume: no %s yet, starting from scratch", path)
+            return None
+        bad = [f"rank {r} (host {host}): " + (f"{where} does not exist" if p == "missing" else p)
+               for r, (p, _, host, where) in enumerate(reports) if p is not None]
+        versions = {f for p, f, _, _ in reports if p is None}
+        if len(versions) > 1:
+            bad += [f"rank {r} (host {host}) read epoch {f[0]}, iteration {f[1]} from {where}"
+                    for r, (p, f, host, where) in enumerate(reports) if p is None]
+        if bad:
+            raise CheckpointError(
+                "--resume: every rank must resume from the same checkpoint, but "
+                + "; ".join(bad) + ". Put the work dir on a filesystem all nodes share, or "
+                f"copy {path.name} into it on every node.")
+        return state
+
+    def _follow_total_batch(self, state: dict[str, Any]) -> None:
+        """After the optimizer state (which restores the old ``lr`` / ``initial_lr``) is
+        loaded: when the total batch (world size x data.batch_size) or the configured base lr
+        differ from the checkpoint's, give every group the base lr of this run (x its
+        ``lr_mult``: :func:`set_base_lr`) and put the iteration counter where a run at this
+        total batch would be after the epochs done, so that the warm-up and a cosine schedule
+        (over this run's ``iters_per_epoch x train.epochs``) follow the new batch. Each
+        change is logged."""
+        old_world, old_total = state.get("world_size"), state.get("total_batch")
+        groups = self.optimizer.param_groups
+        old_lr = state.get("base_lr", groups[0].get("initial_lr", groups[0]["lr"])
+                           / groups[0].get("lr_mult", 1.0))
+        new_lr = scaled_lr(self.cfg.optim, self.total_batch)
+        changes = []
+        if old_total is not None and old_total != self.total_batch:
+            changes.append(f"world size {old_world} -> {self.world}, total batch {old_total} "
+                           f"-> {self.total_batch}")
+            iteration = self.epoch * self.iters_per_epoch()
+            if self.iteration and iteration != self.iteration:
+                ratio = iteration / self.iteration
+                for record in self.curve:  # one x axis: iterations at the current batch
+                    record["iteration"] = round(record["iteration"] * ratio)
+            changes.append(f"iteration {self.iteration} -> {iteration} (the schedule of a run "
+                           f"at total batch {self.total_batch}: {self.iters_per_epoch()} "
+                           f"iterations per epoch, warm-up {self.schedule.warmup_iters}, "
+                           f"{self.cfg.optim.schedule} schedule)")
+            self.iteration = iteration
+        elif old_total is None:
+            self.log.warning("--resume: the checkpoint records no world size / total batch "
+                             "(written by an older o2f): the iteration counter is kept")
+        if not math.isclose(old_lr, new_lr, rel_tol=1e-9):
+            why = (f"optim.lr {self.cfg.optim.lr:g} x total batch {self.total_batch} / "
+                   f"optim.base_batch_size {self.cfg.optim.base_batch_size}"
+                   if self.cfg.optim.scale_lr else f"optim.lr {self.cfg.optim.lr:g}")
+            changes.append(f"base lr {old_lr:.6g} -> {new_lr:.6g} ({why})")
+            set_base_lr(self.optimizer, new_lr)
+        if changes:
+            self.log.info("resume: %s", "; ".join(changes))
+
     def _resume(self) -> None:
         path = self.work_dir / "last.pth"
-        if not path.is_file():
-            self.log.warning("--resume: no %s yet, starting from scratch", path)
+        state = self._read_resume_checkpoint(path)
+        if state is None:
             return
-        state = load_checkpoint(path, map_location=self.device)
         load_model_weights(self.model, state.get("model_raw", state["model"]), str(path))
         self._resume_ema(state, path)
         for hook in self.hooks:
@@ -226,6 +341,7 @@ class Trainer:
         self.replaced_images = int(state.get("replaced_images", 0))
         self.log.info("resumed from %s: %d epochs done, iteration %d", path, self.epoch,
                       self.iteration)
+        self._follow_total_batch(state)
 
     def _resume_ema(self, state: dict[str, Any], path: Path) -> None:
         if self.ema is None:
@@ -248,27 +364,58 @@ class Trainer:
             getattr(hook, event)(self, *args)
 
     # -- training ----------------------------------------------------------------------------
-    def _finite_values(self, losses: dict[str, torch.Tensor]) -> dict[str, float] | None:
-        """The loss terms as floats (one host sync), or None when a term is NaN/inf on any
-        rank (then the step is skipped or, by default, training stops)."""
-        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()])
-                          .tolist(), strict=True))
-        bad = torch.tensor(float(not all(math.isfinite(v) for v in values.values())),
-                           device=self.device)
+    # The loss terms stay on the device: a step reads nothing to the host (no sync), the sums
+    # are read at the log points. With train.nonfinite=error a NaN/inf term is noted on the
+    # device (first iteration and its terms) and raised at the next log point or epoch end,
+    # before anything is saved; train.nonfinite=skip must decide before each optimizer step,
+    # so it reads one flag per step.
+    _NO_BAD = 2**62  # no non-finite iteration yet
+
+    def _reset_nonfinite(self) -> None:
+        self._bad_iter = torch.full((), self._NO_BAD, device=self.device)
+        self._bad_terms: torch.Tensor | None = None
+
+    def _step_is_finite(self, names: list[str], terms: torch.Tensor) -> bool:
+        """Whether to take the optimizer step of the loss terms (K,) float64 on the device.
+
+        ``error``: always True; a non-finite term is noted on the device (no host sync) for
+        :meth:`_raise_if_nonfinite`. ``skip``: one read of a flag (every rank the same); False
+        and a warning when a term is NaN/inf on any rank."""
+        finite = torch.isfinite(terms).all()
+        if self.cfg.train.nonfinite == "error":
+            first = ~finite & (self._bad_iter == self._NO_BAD)
+            self._bad_iter = torch.where(first, self.iteration, self._bad_iter)
+            self._bad_terms = torch.where(first, terms, terms.new_zeros(()) if
+                                          self._bad_terms is None else self._bad_terms)
+            return True
+        bad = (~finite).float()
         if du.is_distributed():  # every rank must take the same decision
             torch.distributed.all_reduce(bad)
         if bad.item() == 0:
-            return values
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        if self.cfg.train.nonfinite == "error":
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {self.iteration} (epoch {self.epoch + 1}): "
-                f"{terms}. The last good checkpoint is {self.work_dir / 'last.pth'}; lower "
-                "optim.lr or set train.nonfinite=skip to skip such steps.")
+            return True
         self.skipped_steps += 1
         self.log.warning("skipping step %d with a non-finite loss (%s); %d skipped so far",
-                         self.iteration, terms, self.skipped_steps)
-        return None
+                         self.iteration, _format_terms(names, terms), self.skipped_steps)
+        return False
+
+    def _raise_if_nonfinite(self, names: list[str]) -> None:
+        """With ``train.nonfinite=error``: raise :class:`NonFiniteLossError` naming the first
+        iteration (on any rank) with a NaN/inf loss term and this rank's terms there (one host
+        read, every rank the same decision)."""
+        if self.cfg.train.nonfinite != "error" or self._bad_terms is None:
+            return
+        bad_iter = self._bad_iter.clone()
+        if du.is_distributed():
+            torch.distributed.all_reduce(bad_iter, op=torch.distributed.ReduceOp.MIN)
+        iteration = int(bad_iter.item())
+        if iteration == self._NO_BAD:
+            return
+        mine = int(self._bad_iter.item()) == iteration
+        terms = _format_terms(names, self._bad_terms) if mine else "on another rank"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {iteration} (epoch {self.epoch + 1}): {terms}. The "
+            f"last good checkpoint is {self.work_dir / 'last.pth'}; lower optim.lr or set "
+            "train.nonfinite=skip to skip such steps.")
 
     def _step(self, loss: torch.Tensor) -> None:
         """Backward pass and optimizer step (through the AMP scaler), then the hooks'
@@ -299,14 +446,18 @@ class Trainer:
         cfg, epoch = self.cfg, self.epoch
         self.model.set_epoch(epoch, cfg.train.epochs)
         self.sampler.set_epoch(epoch)
+        self.batches.set_epoch(epoch)
         seed = _epoch_seed(cfg.train.seed, self.rank, epoch)
         self.loader_rng.manual_seed(seed)
         torch.manual_seed(seed)
         self.ddp.train()
         num_iters = self.iters_per_epoch()
-        sums: dict[str, float] = defaultdict(float)
-        window: dict[str, float] = defaultdict(float)
+        # loss-term sums (K,) float64 on the device, read at the log points and the epoch end
+        sums: torch.Tensor | None = None
+        window: torch.Tensor | None = None
+        names: list[str] = []
         window_n = steps_ok = 0
+        self._reset_nonfinite()
         replaced: set[int] = set()
         bar = tqdm(total=num_iters, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.main, dynamic_ncols=True)
@@ -318,40 +469,42 @@ class Trainer:
             replaced.update(t["replaced_image_id"] for t in targets if "replaced_image_id" in t)
             images = [img.to(self.device, non_blocking=True) for img in images]
             targets = _move_targets(targets, self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
                 losses = self.ddp(images, targets)
             self.optimizer.zero_grad(set_to_none=True)
-            values = self._finite_values(losses)
-            if values is not None:
+            names = list(losses)
+            terms = torch.stack([v.detach().double() for v in losses.values()])  # on the device
+            if self._step_is_finite(names, terms):
                 self._step(sum(losses.values()))
-                for k, val in values.items():
-                    sums[k] += val
-                    window[k] += val
+                sums = terms if sums is None else sums + terms
+                window = terms if window is None else window + terms
                 window_n += 1
                 steps_ok += 1
             self.iteration += 1
             bar.update(1)
             if window_n and ((i + 1) % cfg.train.log_interval == 0 or i + 1 == num_iters):
+                self._raise_if_nonfinite(names)
+                # the mean over ranks (one all-reduce per log line): the loss of the whole batch
                 record = {"iteration": self.iteration, "lr": lr,
-                          **{k: v / window_n for k, v in window.items()}}
+                          **du.mean_over_ranks(dict(zip(names, window / window_n, strict=True)),
+                                               self.device)}
                 record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
                 self.curve.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
-                if self.tb is not None:
-                    for k, v in record.items():
-                        if k != "iteration":
-                            self.tb.add_scalar(f"train/{k}", v, self.iteration)
+                self._call_hooks("after_log", record)
                 self.log.info("epoch %d iter %d/%d lr %.3e %s", epoch + 1, i + 1, num_iters, lr,
                               " ".join(f"{k} {v:.4f}" for k, v in record.items()
                                        if k.startswith("loss")))
-                window.clear()
-                window_n = 0
+                window, window_n = None, 0
         bar.close()
+        self._raise_if_nonfinite(names)
         done = max(1, steps_ok)
         soft_t = getattr(self.model.criterion, "soft_t", None)
         summary = {"epoch": epoch + 1, "iterations": num_iters,
                    "seconds": time.perf_counter() - start, "soft_t": soft_t,
-                   **{k: v / done for k, v in sums.items()}}
+                   **du.mean_over_ranks({} if sums is None else
+                                        dict(zip(names, sums / done, strict=True)), self.device)}
         num_replaced = sum(len(r) for r in du.all_gather_objects(replaced))
         if num_replaced:
             summary["replaced_images"] = num_replaced
@@ -363,21 +516,22 @@ class Trainer:
         return summary
 
     def validate(self) -> dict[str, Any]:
+        self.last_eval = {}
         metrics, _ = coco_evaluate(self.eval_model(), self.val_set, self.device,
-                                   self.cfg.test.batch_size, self.cfg.data.workers)
+                                   self.cfg.test.batch_size, self.cfg.data.workers,
+                                   details=self.last_eval, precision=self.cfg.test.precision,
+                                   evaluator=self.cfg.test.evaluator)
         if self.main:
             keys = headline_keys(metrics)
             self.log.info("epoch %d validation: %s", self.epoch,
                           " ".join(f"{k} {metrics[k]:.4f}" for k in keys))
-            if self.tb is not None:
-                for k in keys:
-                    self.tb.add_scalar(f"val/{k}", metrics[k], self.epoch)
         return metrics
 
     def run(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the last validation metrics (may be empty)."""
         cfg = self.cfg.train
         metrics: dict[str, Any] = {}
+        self._call_hooks("before_train")
         while self.epoch < cfg.epochs and not self._should_stop():
             summary = self.train_epoch()
             if self.val_set is not None and (self.epoch == cfg.epochs
@@ -400,8 +554,7 @@ class Trainer:
                                                         "iterations": self.iteration,
                                                         "skipped_steps": self.skipped_steps,
                                                         "replaced_images": self.replaced_images})
-            if self.tb is not None:
-                self.tb.close()
+        self._call_hooks("after_train", metrics)
         return metrics
 
     def _should_stop(self) -> bool:
@@ -410,8 +563,9 @@ class Trainer:
 
 def train(cfg: Config, work_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``work_dir`` (checkpoints ``last.pth``, ``epoch_N.pth`` and
-    ``best.pth``, logs, TensorBoard, ``loss_curve.png``, ``history.json``, ``metrics.json``,
-    ``dataset_summary.json``). Returns the last validation metrics."""
+    ``best.pth``, logs, the ``train.loggers`` runs, ``plots/``, ``loss_curve.png``,
+    ``history.json``, ``metrics.json``, ``dataset_summary.json``). Returns the last validation
+    metrics."""
     return Trainer(cfg, work_dir, resume).run()
 
 

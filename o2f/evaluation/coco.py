@@ -1,4 +1,8 @@
-"""COCO metrics through pycocotools: box (and mask) AP, overall and per class.
+"""COCO metrics: box (and mask) AP, overall and per class, through ``faster_coco_eval`` (the
+default: a maintained drop-in whose matching and accumulation run in C++) or the reference
+``pycocotools`` (``evaluator=``; the config key ``test.evaluator``). Both give the same AP
+(``tests/evaluation/test_evaluators.py`` holds them to 1e-4, box and mask) and the same
+``eval["precision"]`` array that per-class AP and the PR plots read (:func:`run_coco_eval`).
 
 Conventions:
     * Every image of ``image_ids`` (default: all images of the ground truth) is evaluated,
@@ -25,14 +29,18 @@ import copy
 import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-__all__ = ["annotations_without_masks", "detections_to_coco_results", "encode_masks",
-           "evaluate_boxes_and_masks", "evaluate_coco", "format_per_class_table"]
+__all__ = ["EVALUATORS", "annotations_without_masks", "detections_to_coco_results",
+           "encode_masks", "evaluate_boxes_and_masks", "evaluate_coco", "format_per_class_table",
+           "ground_truth", "run_coco_eval"]
+
+#: COCO evaluation back ends (``test.evaluator``); the first is the default
+EVALUATORS = ("faster_coco_eval", "pycocotools")
 
 # Order of COCOeval.stats[0:6].
 _STAT_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
@@ -107,15 +115,58 @@ def encode_masks(masks) -> list[dict]:
     return rles
 
 
-def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
-    """A results COCO object; copies the results (pycocotools edits them in place)."""
+def _backend(evaluator: str) -> tuple[type, type]:
+    """The ``(COCO, COCOeval)`` classes of an evaluator of :data:`EVALUATORS`."""
+    if evaluator == "faster_coco_eval":
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        return FasterCOCO, COCOeval_faster
+    if evaluator == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """faster_coco_eval's print function when not verbose."""
+
+
+def ground_truth(gt: Any, evaluator: str = "faster_coco_eval") -> Any:
+    """The ground truth as the COCO object of ``evaluator``.
+
+    Args:
+        gt: a COCO-format dict (``images``, ``annotations``, ``categories``), or a COCO object
+            of either evaluator (its ``dataset`` is re-indexed when it is the other one's).
+        evaluator: one of :data:`EVALUATORS`.
+
+    Returns:
+        ``gt`` itself when it already is that evaluator's COCO object, else a new one indexing
+        the same dict (not copied).
+    """
+    coco_cls, _ = _backend(evaluator)
+    if isinstance(gt, coco_cls):
+        return gt
+    data = gt if isinstance(gt, dict) else gt.dataset
+    if evaluator == "faster_coco_eval":
+        return coco_cls(data, print_function=_quiet)
+    coco = coco_cls()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _load_results(coco_gt: Any, results: list[dict], iou_type: str, coco_cls: type) -> Any:
+    """A results COCO object; copies the results (both evaluators edit them in place)."""
     anns = [dict(r) for r in results]
     if iou_type == "segm":
         for ann in anns:
             ann.pop("bbox", None)
     if anns:
         return coco_gt.loadRes(anns)
-    empty = COCO()  # loadRes cannot take an empty list
+    empty = coco_cls()  # pycocotools' loadRes cannot take an empty list
     empty.dataset = {
         "images": list(coco_gt.dataset.get("images", [])),
         "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
@@ -129,22 +180,72 @@ def _nan_if_undefined(value: float) -> float:
     return float(value) if value > -1 else math.nan
 
 
+def run_coco_eval(
+    coco_gt: Any,
+    results: list[dict],
+    image_ids: Sequence[int] | None = None,
+    iou_type: str = "bbox",
+    evaluator: str = "faster_coco_eval",
+    verbose: bool = False,
+) -> Any:
+    """A COCOeval of ``evaluator`` run on ``results`` (evaluate, accumulate, summarize).
+
+    Args: as :func:`evaluate_coco` (``coco_gt``: a dict or a COCO object of either evaluator).
+
+    Returns:
+        the evaluator's COCOeval object: ``stats`` (12,) (-1 where undefined),
+        ``eval["precision"]`` float (T=10 IoU thresholds, R=101 recall points, K categories,
+        A=4 area ranges, M=3 max dets) with -1 where undefined, ``eval["recall"]`` (T, K, A, M),
+        ``params`` (``catIds``, ``iouThrs``, ``recThrs``, ...), the same layout for both.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    coco_cls, eval_cls = _backend(evaluator)
+    gt = ground_truth(coco_gt, evaluator)
+    img_ids = sorted(gt.getImgIds()) if image_ids is None else [int(i) for i in image_ids]
+    if iou_type == "segm":
+        missing = annotations_without_masks(gt, img_ids)
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"mask AP needs ground-truth masks, but {len(missing)} annotation(s) "
+                             f"have no 'segmentation': id(s) {shown}")
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with contextlib.nullcontext() if verbose else quiet:
+        coco_dt = _load_results(gt, results, iou_type, coco_cls)
+        if evaluator == "faster_coco_eval":
+            coco_eval = eval_cls(gt, coco_dt, iouType=iou_type,
+                                 print_function=print if verbose else _quiet)
+        else:
+            coco_eval = eval_cls(gt, coco_dt, iouType=iou_type)
+        coco_eval.params.imgIds = img_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
+
+
 def evaluate_coco(
-    coco_gt: COCO,
+    coco_gt: Any,
     results: list[dict],
     image_ids: Sequence[int] | None = None,
     iou_type: str = "bbox",
     verbose: bool = False,
+    evaluator: str = "faster_coco_eval",
+    details: dict | None = None,
 ) -> dict:
     """COCO AP of ``results`` against ``coco_gt``.
 
     Args:
-        coco_gt: ground truth.
+        coco_gt: ground truth: a COCO-format dict or a COCO object of either evaluator.
         results: COCO-format results (see `detections_to_coco_results`).
         image_ids: images to evaluate (default: all of ``coco_gt``); each counts even with
             no detection.
         iou_type: ``"bbox"`` or ``"segm"``; it prefixes the metric keys.
-        verbose: let pycocotools print its progress and summary (otherwise silenced).
+        verbose: let the evaluator print its progress and summary (otherwise silenced).
+        evaluator: ``"faster_coco_eval"`` or ``"pycocotools"`` (:data:`EVALUATORS`).
+        details: when a dict, it receives the evaluator's accumulated ``precision`` array
+            (T, R, K, A, M) (see :func:`run_coco_eval`), ``iou_thrs`` (T,), ``rec_thrs`` (R,)
+            and ``cat_ids`` (K,) (what :mod:`o2f.evaluation.plots` draws).
 
     Returns:
         ``{f"{iou_type}_mAP", ..._mAP_50, ..._mAP_75, ..._mAP_s, ..._mAP_m, ..._mAP_l}`` as
@@ -152,42 +253,32 @@ def evaluate_coco(
         ``{"name", "category_id", "AP"}`` in category-id order.
 
     Raises:
-        ValueError: an unknown ``iou_type``; for ``"segm"``, ground-truth annotations without
-            a ``segmentation`` (their ids are named).
+        ValueError: an unknown ``iou_type`` or ``evaluator``; for ``"segm"``, ground-truth
+            annotations without a ``segmentation`` (their ids are named).
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    img_ids = sorted(coco_gt.getImgIds()) if image_ids is None else [int(i) for i in image_ids]
-    if iou_type == "segm":
-        missing = annotations_without_masks(coco_gt, img_ids)
-        if missing:
-            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-            raise ValueError(f"mask AP needs ground-truth masks, but {len(missing)} annotation(s) "
-                             f"have no 'segmentation': id(s) {shown}")
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with contextlib.nullcontext() if verbose else quiet:
-        coco_dt = _load_results(coco_gt, results, iou_type)
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-        coco_eval.params.imgIds = img_ids
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
+    coco_eval = run_coco_eval(coco_gt, results, image_ids, iou_type, evaluator, verbose)
     metrics: dict = {
         f"{iou_type}_{name}": _nan_if_undefined(coco_eval.stats[i])
         for i, name in enumerate(_STAT_NAMES)
     }
-    metrics["per_class"] = _per_class_ap(coco_gt, coco_eval)
+    metrics["per_class"] = _per_class_ap(coco_eval.cocoGt, coco_eval)
+    if details is not None:
+        details.update(precision=np.asarray(coco_eval.eval["precision"]),
+                       iou_thrs=np.asarray(coco_eval.params.iouThrs),
+                       rec_thrs=np.asarray(coco_eval.params.recThrs),
+                       cat_ids=[int(c) for c in coco_eval.params.catIds])
     return metrics
 
 
-def annotations_without_masks(coco_gt: COCO, image_ids: Sequence[int] | None = None) -> list[int]:
+def annotations_without_masks(coco_gt: Any, image_ids: Sequence[int] | None = None) -> list[int]:
     """Ids of the annotations (of ``image_ids``, default all) with no or an empty
-    ``segmentation``, which mask AP cannot use."""
+    ``segmentation``, which mask AP cannot use (``coco_gt``: a COCO object of either
+    evaluator)."""
     ann_ids = coco_gt.getAnnIds() if image_ids is None else coco_gt.getAnnIds(imgIds=image_ids)
     return [a["id"] for a in coco_gt.loadAnns(ann_ids) if not a.get("segmentation")]
 
 
-def _per_class_ap(coco_gt: COCO, coco_eval: COCOeval) -> list[dict]:
+def _per_class_ap(coco_gt: Any, coco_eval: Any) -> list[dict]:
     # precision: (iou thresholds, recall points, categories, area ranges, max dets)
     precision = coco_eval.eval["precision"]
     rows = []
@@ -205,15 +296,18 @@ def _per_class_ap(coco_gt: COCO, coco_eval: COCOeval) -> list[dict]:
 
 
 def evaluate_boxes_and_masks(
-    coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None,
-    masks: bool = False,
+    coco_gt: Any, results: list[dict], image_ids: Sequence[int] | None = None,
+    masks: bool = False, evaluator: str = "faster_coco_eval", details: dict | None = None,
 ) -> dict:
     """Box AP and, with ``masks``, mask AP of the same ``results`` (which then carry RLE
     ``segmentation``): the ``bbox_*`` and ``segm_*`` keys of `evaluate_coco` in one dict, and
-    ``per_class`` rows ``{"name", "category_id", "AP"}`` (box AP) plus ``"segm_AP"``."""
-    metrics = evaluate_coco(coco_gt, results, image_ids)
+    ``per_class`` rows ``{"name", "category_id", "AP"}`` (box AP) plus ``"segm_AP"``.
+    ``coco_gt``: a COCO-format dict or a COCO object of either ``evaluator`` (indexed once).
+    ``details`` receives the box evaluation's precision array (see `evaluate_coco`)."""
+    coco_gt = ground_truth(coco_gt, evaluator)
+    metrics = evaluate_coco(coco_gt, results, image_ids, evaluator=evaluator, details=details)
     if masks:
-        segm = evaluate_coco(coco_gt, results, image_ids, iou_type="segm")
+        segm = evaluate_coco(coco_gt, results, image_ids, iou_type="segm", evaluator=evaluator)
         for row, segm_row in zip(metrics["per_class"], segm.pop("per_class"), strict=True):
             row["segm_AP"] = segm_row["AP"]
         metrics.update(segm)

@@ -94,14 +94,16 @@ class O2FDetector(nn.Module):
             x = (images.float() - self.pixel_mean) / self.pixel_std
             h, w = x.shape[-2:]
             pad_h, pad_w = (-h) % self.size_divisor, (-w) % self.size_divisor
-            sizes = torch.tensor([[h, w]], device=x.device).expand(x.shape[0], 2)
+            sizes = torch.tensor([[h, w]]).to(x.device, non_blocking=True).expand(x.shape[0], 2)
             return F.pad(x, (0, pad_w, 0, pad_h)), sizes
         if len(images) == 0:
             raise ValueError("empty batch of images")
-        sizes = torch.tensor([img.shape[-2:] for img in images], device=self.pixel_mean.device)
+        # sizes from the host's shapes (no device read), copied without waiting for the device
+        shapes = [tuple(img.shape[-2:]) for img in images]
+        sizes = torch.tensor(shapes).to(self.pixel_mean.device, non_blocking=True)
         d = self.size_divisor
-        height = int(-(-int(sizes[:, 0].max()) // d) * d)
-        width = int(-(-int(sizes[:, 1].max()) // d) * d)
+        height = -(-max(h for h, _ in shapes) // d) * d
+        width = -(-max(w for _, w in shapes) // d) * d
         batch = self.pixel_mean.new_zeros((len(images), 3, height, width))
         for i, img in enumerate(images):
             img = img.to(batch.device, non_blocking=True).float()
@@ -131,7 +133,9 @@ class O2FDetector(nn.Module):
         soi = self.mask_head.sizes_of_interest
         if soi.numel() != len(points):
             raise ValueError(f"{soi.numel()} sizes of interest for {len(points)} levels")
-        return soi.repeat_interleave(torch.tensor([p.shape[0] for p in points], device=soi.device))
+        counts = [p.shape[0] for p in points]  # sizes known on the host: no device read
+        return soi.repeat_interleave(torch.tensor(counts).to(soi.device, non_blocking=True),
+                                     output_size=sum(counts))
 
     def level_points(self, maps: Sequence[Tensor]) -> tuple[list[Tensor], Tensor, list[LevelGrid]]:
         """Per-level points (H_l W_l, 2), all strides (N,), and the level layout."""
@@ -158,35 +162,44 @@ class O2FDetector(nn.Module):
             cls, ltrb, ctr = self.head(feats)
         points, strides, grids = self.level_points(cls)
         if not self.training:
-            mask_maps = (params, mask_feats) if self.with_masks else None
-            return self.postprocess(cls, ltrb, ctr, points, sizes, targets, mask_maps=mask_maps)
+            # Selection and masks run in fp32 whatever precision the network ran in (autocast
+            # off; the maps cast up): bf16 scores would tie and reorder detections.
+            with torch.autocast(batch.device.type, enabled=False):
+                f32 = [[m.float() for m in maps] for maps in (cls, ltrb, ctr)]
+                mask_maps = (([p.float() for p in params], mask_feats.float())
+                             if self.with_masks else None)
+                return self.postprocess(*f32, points, sizes, targets, mask_maps=mask_maps)
         if targets is None or self.criterion is None:
             raise ValueError("training needs targets and a criterion")
-        flat = self._flat(cls, ltrb, ctr, points, strides, grids)
-        if not self.with_masks:
-            losses = self.criterion(*flat, targets)
-        else:
-            if self.mask_criterion is None:
-                raise ValueError("training a mask model needs a mask_criterion")
-            targets = self.mask_criterion.prepare_targets(targets, batch.device)
-            losses, gt_index = self.criterion(*flat, targets, return_gt_index=True)
-            losses.update(self.mask_criterion(
-                self.mask_head, gt_index, _flatten_levels(params), mask_feats, sem_logits,
-                flat[3], self.point_soi(points), targets,
-            ))
-        if self.aux_head is not None:
-            aux = self.aux_criterion(
-                *self._flat(*self.aux_head(feats), points, strides, grids), targets)
-            losses.update({f"loss_aux_{k.removeprefix('loss_')}": self.aux_weight * v
-                           for k, v in aux.items()})
+        aux_maps = self.aux_head(feats) if self.aux_head is not None else None
+        # Assignment and losses run in fp32 whatever precision the network ran in (autocast
+        # off; the maps cast up), so a bf16 / fp16 step assigns exactly as an fp32 one would.
+        with torch.autocast(batch.device.type, enabled=False):
+            flat = self._flat(cls, ltrb, ctr, points, strides, grids)
+            if not self.with_masks:
+                losses = self.criterion(*flat, targets)
+            else:
+                if self.mask_criterion is None:
+                    raise ValueError("training a mask model needs a mask_criterion")
+                targets = self.mask_criterion.prepare_targets(targets, batch.device)
+                losses, gt_index = self.criterion(*flat, targets, return_gt_index=True)
+                losses.update(self.mask_criterion(
+                    self.mask_head, gt_index, _flatten_levels(params).float(),
+                    mask_feats.float(), None if sem_logits is None else sem_logits.float(),
+                    flat[3], self.point_soi(points), targets,
+                ))
+            if aux_maps is not None:
+                aux = self.aux_criterion(*self._flat(*aux_maps, points, strides, grids), targets)
+                losses.update({f"loss_aux_{k.removeprefix('loss_')}": self.aux_weight * v
+                               for k, v in aux.items()})
         return losses
 
     @staticmethod
     def _flat(cls, ltrb, ctr, points, strides, grids) -> tuple:
-        """The criterion's inputs from per-level maps: (B, N, C), (B, N, 4), (B, N), (N, 2),
-        strides (N,), grids."""
-        return (_flatten_levels(cls), _flatten_levels(ltrb), _flatten_levels(ctr).squeeze(-1),
-                torch.cat(points), strides, grids)
+        """The criterion's inputs from per-level maps: (B, N, C), (B, N, 4), (B, N) in fp32,
+        points (N, 2), strides (N,), grids."""
+        return (_flatten_levels(cls).float(), _flatten_levels(ltrb).float(),
+                _flatten_levels(ctr).squeeze(-1).float(), torch.cat(points), strides, grids)
 
     @torch.no_grad()
     def postprocess(

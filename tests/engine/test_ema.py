@@ -89,7 +89,7 @@ def test_a_skipped_nonfinite_step_does_not_update_the_ema(tiny_coco, tmp_path):
 
 def test_a_step_the_amp_scaler_skips_does_not_update_the_ema(tiny_coco, tmp_path):
     trainer = _train(tiny_coco, tmp_path)
-    trainer.scaler = torch.amp.GradScaler("cpu")  # as on CUDA with train.amp=true
+    trainer.scaler = torch.amp.GradScaler("cpu")  # as on CUDA with train.precision=fp16
     param = next(p for p in trainer.model.parameters() if p.requires_grad)
     trainer._step((param * float("inf")).sum())  # inf gradients: the scaler skips the step
     assert trainer.ema.updates == 0

@@ -86,4 +86,4 @@ def test_trainer_gives_the_schedule_the_whole_run(tmp_path, tiny_coco):
     assert len(trainer.train_set) == 6 and trainer.iters_per_epoch() == 3  # ceil(2 * 6 / 4)
     assert trainer.schedule.total_iters == 9
     batches = [b for b in trainer.loader.batch_sampler]
-    assert sorted(i for b in batches for i in b) == list(range(12))
+    assert sorted(i for b in batches for i, _seed in b) == list(range(12))  # (index, seed)

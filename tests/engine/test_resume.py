@@ -40,3 +40,15 @@ def test_resume_with_ema_reproduces_the_uninterrupted_run(tiny_coco, tmp_path):
             assert torch.equal(value, resumed[part][key]), (part, key)
     assert any(not torch.equal(v, straight["model_raw"][k])
                for k, v in straight["model"].items() if v.is_floating_point())
+
+
+def test_resume_with_persistent_workers_reproduces_the_uninterrupted_run(tiny_coco, tmp_path):
+    """A persistent loader worker's random state runs on from epoch 1 to 2 in one go, while
+    a resumed run starts a fresh worker at epoch 2: the per-item seeds (o2f.data.seeded) make
+    both draw the same random sizes and flips."""
+    extra = ("data.workers=1", "data.flip_prob=0.5")
+    straight = run(tiny_coco, tmp_path / "straight", 2, False, *extra)
+    run(tiny_coco, tmp_path / "resumed", 1, False, *extra)
+    resumed = run(tiny_coco, tmp_path / "resumed", 2, True, *extra)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

@@ -17,14 +17,16 @@ from tests.engine.conftest import tiny_overrides
 def test_trainer_sets_the_ceiling_of_each_epoch_before_its_first_iteration(
         tiny_coco, tmp_path, monkeypatch):
     seen: list[tuple[int, float]] = []  # (iteration of the trainer, soft_t of the assigner)
-    real = o2f.criterion.o2f_assign
+    real = o2f.criterion.o2f_assign_batch
     trainer_box: list[Trainer] = []
+    images: list[int] = []  # images in each call
 
     def spy(*args, **kwargs):
         seen.append((trainer_box[0].iteration, kwargs["soft_t"]))
+        images.append(args[2].shape[0])  # cls_logits (B, N, C)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(o2f.criterion, "o2f_assign", spy)
+    monkeypatch.setattr(o2f.criterion, "o2f_assign_batch", spy)
     cfg = load_config("demo", tiny_overrides(
         tiny_coco, "train.epochs=3", "train.max_iters_per_epoch=1", "train.val_interval=0",
         "train.keep_checkpoints=0"))
@@ -33,9 +35,9 @@ def test_trainer_sets_the_ceiling_of_each_epoch_before_its_first_iteration(
     trainer.run()
     history = json.loads((tmp_path / "work" / "history.json").read_text())
     assert [h["soft_t"] for h in history] == pytest.approx([0.6, 0.4, 0.2])
-    # one call per image (batch 2) in the single iteration of each epoch
-    assert [it for it, _ in seen] == [0, 0, 1, 1, 2, 2]
-    assert [t for _, t in seen] == pytest.approx([0.6, 0.6, 0.4, 0.4, 0.2, 0.2])
+    # one call for the whole batch (2 images) in the single iteration of each epoch
+    assert [it for it, _ in seen] == [0, 1, 2] and images == [2, 2, 2]
+    assert [t for _, t in seen] == pytest.approx([0.6, 0.4, 0.2])
 
 
 def test_the_recipes_run_the_whole_schedule():
