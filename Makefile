@@ -13,9 +13,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# One pytest process per group of tests: the whole suite in one process segfaulted once the
+# data, deploy (ONNX Runtime, OpenVINO, NNCF loaded in-process) and engine tests had run in it
+# (each group passes on its own; cause not found yet, see docs/testing.md).
+TEST_GROUPS := tests/data tests/evaluation tests/deploy tests/engine
 test: $(STAMP)
 	$(BIN)/ruff check o2f tests benchmarks
-	$(BIN)/python -m pytest -q
+	for group in $(TEST_GROUPS); do $(BIN)/python -m pytest -q $$group || exit 1; done
+	$(BIN)/python -m pytest -q tests $(TEST_GROUPS:%=--ignore=%)
 
 # the edit-test loop: everything but the tests marked slow (learning, exports, torchrun, faults)
 test-fast: $(STAMP)
