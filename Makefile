@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast mutation lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 # the edit-test loop: everything but the tests marked slow (learning, exports, torchrun, faults)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# mutation testing of the rules and the trainer's wiring (pyproject.toml [tool.mutmut]): hours
+# on 2 cores, not part of CI; survivors and why each is harmless: docs/testing.md
+mutation: $(STAMP)
+	$(BIN)/mutmut run --max-children $(or $(JOBS),2) > mutants.log 2>&1 || (tail -5 mutants.log; exit 1)
+	$(BIN)/mutmut results | grep -v ': killed' | tee mutants-survivors.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m o2f demo --work-dir work_dirs/demo

@@ -76,6 +76,7 @@ def test_evaluate_returns_what_o2f_test_writes(trained, tmp_path, capsys):
     assert flat[0] == pytest.approx(flat[1], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_export_writes_an_nms_free_onnx_file(trained, tmp_path):
     onnx = pytest.importorskip("onnx")
     work, _ = trained

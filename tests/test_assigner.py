@@ -155,6 +155,19 @@ def test_soft_label_ceiling_schedule():
     assert soft_label_ceiling(6, 12) == pytest.approx(0.6 - 0.4 * 6 / 11)
     assert soft_label_ceiling(49, 50) == pytest.approx(0.2)
     assert soft_label_ceiling(0, 1) == pytest.approx(0.6)
+    assert [soft_label_ceiling(e, 2) for e in (0, 1)] == pytest.approx([0.6, 0.2])
+    assert soft_label_ceiling(3, 4, 0.4, 0.1) == pytest.approx(0.1)
+
+
+def test_the_criterion_follows_its_own_ceiling_ends():
+    from o2f.criterion import O2FCriterion
+
+    crit = O2FCriterion(2, soft_t_start=0.4, soft_t_end=0.1)  # the small recipe's ends
+    assert crit.soft_t == pytest.approx(0.4)
+    crit.set_epoch(11, 12)
+    assert crit.soft_t == pytest.approx(0.1)
+    crit.set_epoch(0, 12)
+    assert crit.soft_t == pytest.approx(0.4)
 
 
 def test_level_grids_recovers_layout():
@@ -162,3 +175,16 @@ def test_level_grids_recovers_layout():
     grids = level_grids(points, strides)
     assert [(g.start, g.height, g.width, g.stride) for g in grids] == [(0, 5, 7, 8.0),
                                                                           (35, 3, 4, 16.0)]
+    assert [(g.x0, g.y0) for g in grids] == [(4.0, 4.0), (8.0, 8.0)]
+    assert level_grids(points[:0], strides[:0]) == []
+
+
+@pytest.mark.parametrize("where, shift, regular", [
+    ("x", 0.004, True),  # float rounding (below tol * stride = 0.008): still the grid
+    ("x", 0.5, False), ("y", 0.5, False),  # a point off the grid in x or in y alone
+])
+def test_level_grids_tolerance_is_relative_to_the_stride(where, shift, regular):
+    points, strides = level_points([(4, 5)], [8])
+    points = points.clone()
+    points[7, 0 if where == "x" else 1] += shift
+    assert (level_grids(points, strides) is not None) == regular

@@ -164,10 +164,38 @@ def test_mask_centres_by_hand():
     torch.testing.assert_close(got, want)
 
 
+def test_a_one_pixel_mask_has_its_pixel_centre():
+    masks = torch.zeros(1, 6, 6, dtype=torch.bool)
+    masks[0, 2, 3] = True  # row 2, column 3: centre (3.5, 2.5), not the box centre (1, 1)
+    got = mask_centers(masks, torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
+    torch.testing.assert_close(got, torch.tensor([[3.5, 2.5]]))
+
+
+@pytest.mark.parametrize("center_from_mask", [True, False])
+def test_prepare_targets_moves_the_masks_and_gives_the_centres(center_from_mask):
+    masks = torch.zeros(1, 6, 6, dtype=torch.bool)
+    masks[0, 2, 3] = True
+    target = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "labels": torch.tensor([1]),
+              "masks": masks}
+    loss = CondInstMaskLoss(2, center_from_mask=center_from_mask)
+    (cpu,) = loss.prepare_targets([target], torch.device("cpu"))
+    assert cpu["masks"] is masks and "masks" in target and "centers" not in target
+    if center_from_mask:
+        torch.testing.assert_close(cpu["centers"], torch.tensor([[3.5, 2.5]]))
+    else:
+        assert "centers" not in cpu
+    # on another device (meta: no GPU needed) the masks and centres are made there
+    (meta,) = loss.prepare_targets([target], torch.device("meta"))
+    assert meta["masks"].device.type == "meta"
+    assert not center_from_mask or meta["centers"].device.type == "meta"
+
+
 def test_sample_masks_takes_the_stride_centres_and_pads_with_zeros():
     masks = torch.arange(6 * 10).view(1, 6, 10)
     out = sample_masks(masks, 4, (2, 3))  # rows 2 (6 is outside), columns 2, 6 (10 outside)
     assert torch.equal(out, torch.tensor([[[22, 26, 0], [0, 0, 0]]]))
+    tall = torch.arange(12 * 4).view(1, 12, 4)  # rows 2, 6, 10 and column 2 are sampled
+    assert torch.equal(sample_masks(tall, 4, (2, 1)), torch.tensor([[[10], [26]]]))
 
 
 def test_semantic_targets_smallest_mask_wins():
@@ -280,7 +308,7 @@ def test_mask_loss_needs_masks_with_one_row_per_box():
         loss.prepare_targets([{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1)}],
                              torch.device("cpu"))
     bad = {"boxes": torch.zeros(2, 4), "labels": torch.zeros(2), "masks": torch.zeros(1, 4, 4)}
-    with pytest.raises(ValueError, match="one mask per box"):
+    with pytest.raises(ValueError, match=r"one mask per box \(G = 2\), got \(1, 4, 4\)"):
         loss.prepare_targets([bad], torch.device("cpu"))
 
 
@@ -295,6 +323,48 @@ def test_semantic_loss_by_hand():
     positives, negatives = 8, 32 - 8
     want = (positives * 0.25 + negatives * 0.75) * 0.25 * math.log(2) / 8
     assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_semantic_loss_weight_and_focal_parameters_by_hand():
+    # the call with sem_weight 2 and focal alpha 0.5, gamma 1: every one of the 32 entries
+    # costs 0.5 * 0.5 * log 2 at p = 0.5, over the 8 foreground locations, times 2
+    head, feats, target = block_case()
+    loss = CondInstMaskLoss(2, sem_weight=2.0, focal_alpha=0.5, focal_gamma=1.0)
+    params = torch.tensor([[[1.0, 0.0]] * 3])
+    sem = torch.zeros(1, 2, 4, 4)
+    out = loss(head, torch.tensor([[1, -1, -1]]), params, feats, sem, torch.zeros(3, 2),
+               torch.full((3,), 64.0), [target])
+    assert out["loss_sem"].item() == pytest.approx(2.0 * 32 * 0.25 * math.log(2) / 8, rel=1e-5)
+
+
+def test_gt_masks_pick_each_points_gt_across_images():
+    # image 0 has 2 gts, image 1 has 3; mask g of image i is filled with 10 i + g + 1, so the
+    # picked target tells which (image, gt) it came from
+    def target(i, n):
+        masks = torch.stack([torch.full((8, 8), 10 * i + g + 1, dtype=torch.uint8)
+                             for g in range(n)])
+        return {"boxes": torch.zeros(n, 4), "labels": torch.zeros(n, dtype=torch.long),
+                "masks": masks}
+
+    loss = CondInstMaskLoss(2)
+    picked = loss._gt_masks([target(0, 2), target(1, 3)], torch.tensor([1, 1, 0, 1]),
+                            torch.tensor([1, 2, 1, 0]), 4, (2, 2))
+    assert picked[:, 0, 0].tolist() == [12.0, 13.0, 2.0, 11.0]
+
+
+def test_mask_targets_and_semantic_loss_run_on_the_meta_device():
+    # no tensor of the mask targets or the semantic loss is made on the CPU by mistake (it
+    # would meet a meta tensor, as it would meet a CUDA tensor on a GPU)
+    _, _, target = block_case()
+    meta = torch.device("meta")
+    loss = CondInstMaskLoss(2, sem_weight=1.0)
+    (t,) = loss.prepare_targets([target], meta)
+    t = {k: v.to(meta) for k, v in t.items()}
+    gt = loss._gt_masks([t], torch.zeros(2, dtype=torch.long, device=meta),
+                        torch.tensor([1, 0], device=meta), 4, (4, 4))
+    assert gt.device == meta and gt.shape == (2, 4, 4)
+    sem = loss._semantic_loss(torch.zeros(1, 2, 4, 4, device=meta), [t], 4)
+    assert sem.device == meta and sem.shape == ()
 
 
 # ----------------------------------------------------------------------------- tiny model

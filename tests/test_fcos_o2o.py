@@ -161,6 +161,36 @@ def test_fcos_losses_hand_computed():
     assert (ltrb.grad[1] == 0).all() and cls.grad.abs().sum() > 0
 
 
+def test_fcos_focal_parameters_reach_the_loss():
+    # alpha 0.5, gamma 1 at p = 1/2: every (point, class) entry costs 0.5 * (1/2) * ln 2, and
+    # the 16 entries are divided by the 4 positives: ln 2 (the defaults give 0.625 ln 2).
+    crit = FCOSCriterion(2, regress_ranges=((-1, 64),), focal_alpha=0.5, focal_gamma=1.0)
+    cls, ltrb, ctr, points, strides, grids, targets = fcos_case()
+    losses = crit(cls, ltrb, ctr, points, strides, grids, targets)
+    assert losses["loss_cls"].item() == pytest.approx(LN2)
+
+
+def test_fcos_box_loss_is_divided_by_a_centerness_sum_below_one():
+    # gt (2,2,10,10): only point (4, 4) is inside, centerness sqrt(2/6 * 2/6) = 1/3. Its box
+    # (0,0,8,8): IoU 36/92, enclosure 100, GIoU 36/92 - 8/100. Weighted by 1/3, divided by the
+    # centerness sum 1/3 (not by 1): the GIoU loss itself.
+    crit = FCOSCriterion(2, regress_ranges=((-1, 64),))
+    cls, ltrb, ctr, points, strides, grids, _ = fcos_case()
+    targets = [{"boxes": torch.tensor([[2.0, 2, 10, 10]]), "labels": torch.tensor([0])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    losses = crit(cls, ltrb, ctr, points, strides, grids, targets)
+    assert losses["loss_bbox"].item() == pytest.approx(1 - (36 / 92 - 8 / 100))
+    assert losses["loss_ctr"].item() == pytest.approx(LN2)
+
+
+@pytest.mark.parametrize("with_grids", [True, False])
+def test_fcos_ranges_must_match_the_levels(with_grids):
+    crit = FCOSCriterion(2, regress_ranges=((-1, 64), (64, 128)))
+    cls, ltrb, ctr, points, strides, grids, targets = fcos_case()
+    with pytest.raises(ValueError, match=r"1 levels \(strides \[8.0\]\) but 2 regression ranges"):
+        crit(cls, ltrb, ctr, points, strides, grids if with_grids else None, targets)
+
+
 def test_fcos_loss_weights_and_autocast():
     crit = FCOSCriterion(2, regress_ranges=((-1, 64),), cls_weight=2.0, bbox_weight=3.0,
                          ctr_weight=0.5)
@@ -340,6 +370,17 @@ def test_duplicate_rate_edge_cases():
     assert duplicate_rate([same]) == 0.5
 
 
+def test_duplicate_thresholds_are_inclusive():
+    # IoU exactly 0.5 at iou_thr 0.5 is a duplicate; a score exactly at score_thr counts
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 5]])  # IoU 50 / 100
+    labels = torch.tensor([1, 1])
+    assert count_duplicates(boxes, torch.tensor([0.9, 0.3]), labels, 0.3, 0.5) == (1, 2)
+    assert count_duplicates(boxes, torch.tensor([0.9, 0.3]), labels, 0.3, 0.51) == (0, 2)
+    assert count_duplicates(boxes[:1], torch.tensor([0.3]), labels[:1], 0.3, 0.5) == (0, 1)
+    # a lower-scored box listed first is still the duplicate of the higher one
+    assert count_duplicates(boxes.flip(0), torch.tensor([0.4, 0.9]), labels, 0.3, 0.5) == (1, 2)
+
+
 def test_nms_free_benchmark_table_and_checks():
     from benchmarks.nms_free import checks, table
 
@@ -354,3 +395,16 @@ def test_nms_free_benchmark_table_and_checks():
     lines = checks(rows)
     assert lines[0].startswith("o2f without NMS vs FCOS with NMS: -0.5 AP (holds")
     assert "-19.5 AP (holds" in lines[1] and "+4.5 AP (holds" in lines[2]
+
+
+def test_o2f_box_loss_is_divided_by_a_centerness_sum_below_one():
+    # One gt (0,0,32,32); point 18 (20, 20) predicts (0,0,32,28): IoU = GIoU = 0.875, the best
+    # quality, so with k = 1 it is the only assigned point. Its centerness target is
+    # sqrt(12/20 * 12/20) = 0.6: the GIoU loss 0.125 weighted by 0.6 and divided by the
+    # centerness sum 0.6 (not by 1), times the recipe's weight 2.
+    ltrb = torch.full((64, 4), 4.0)
+    ltrb[18] = torch.tensor([20.0, 20, 12, 8])
+    cls, ctr, _, points, strides, grids = o2o_inputs(ltrb)
+    targets = [{"boxes": torch.tensor([[0.0, 0, 32, 32]]), "labels": torch.tensor([0])}]
+    losses = O2OCriterion(2)(cls, ltrb[None], ctr, points, strides, grids, targets)
+    assert losses["loss_bbox"].item() == pytest.approx(2 * 0.125, rel=1e-5)

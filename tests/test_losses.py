@@ -62,6 +62,25 @@ def test_giou_loss_hand_computed():
     assert disjoint.item() == pytest.approx(4 / 3)
 
 
+def test_area_and_iou_below_one_pixel():
+    from o2f.boxes import box_area, pair_iou
+
+    boxes = torch.tensor([[0.0, 0, 0.5, 2], [0.0, 0, 2, 0.25], [3.0, 0, 1, 2]])  # last: x2 < x1
+    torch.testing.assert_close(box_area(boxes), torch.tensor([1.0, 0.5, 0.0]))
+    tiny = torch.tensor([[0.0, 0, 0.5, 0.5]])
+    torch.testing.assert_close(pair_iou(tiny, tiny), torch.tensor([1.0]))
+
+
+def test_giou_away_from_the_origin_and_below_one_pixel():
+    # disjoint boxes at (10, 20): inter 0, union 8, enclosure (10,20)-(16,22) = 12: -1/3
+    a, b = torch.tensor([[10.0, 20, 12, 22]]), torch.tensor([[14.0, 20, 16, 22]])
+    torch.testing.assert_close(pair_giou(a, b), torch.tensor([-1 / 3]))
+    # sub-pixel boxes: identical -> 1; two touching halves -> inter 0, union = enclosure: 0
+    tiny = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.25]])
+    other = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.25, 0.5, 0.5]])
+    torch.testing.assert_close(pair_giou(tiny, other), torch.tensor([1.0, 0.0]))
+
+
 def test_centerness_target_hand_computed():
     points = torch.tensor([[2.0, 3.0]])
     boxes = torch.tensor([[0.0, 0.0, 10.0, 4.0]])

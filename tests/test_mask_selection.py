@@ -197,3 +197,11 @@ def test_selection_key_defaults_and_validation():
         assert load_config(name).model.mask.selection == "authors", name
     with pytest.raises(ConfigError, match="model.mask.selection"):
         load_config(None, ["model.mask.selection=nms"])
+
+
+def test_authors_threshold_is_strict():
+    # the threshold set to one point's class probability in float32: that pair is dropped
+    lv = level([[[0.3, 0.2]]], [[0.5, 0.5]])
+    thr = torch.sigmoid(lv[0])[0, 0, 0, 1].item()
+    _, scores, _, _ = select([lv], "authors", score_thr=thr)
+    assert kept(scores) == [0.15]

@@ -183,3 +183,39 @@ def test_point_prefilter_keeps_scores_just_above_the_threshold():
         assert_same_selection(got, want, thr)
         assert got[2][0].tolist() == [2, 1, 0] and (got[1][0, :2] > thr).all()
         assert got[1][0, 2] == 0
+
+
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_a_score_equal_to_the_threshold_is_not_a_detection(static_shapes):
+    # SPEC §4 keeps scores strictly above the threshold: set the threshold to the float32 score
+    # of one pair exactly; that pair is dropped, the one just above it kept.
+    s0 = torch.tensor([0.3, 0.2]).view(1, 1, 1, 2)
+    cls, reg, ctr = make_maps([s0])
+    at = (torch.sigmoid(cls[0]) * torch.sigmoid(ctr[0]))[0, 0, 0, 1].item()
+    points = [level_points([(1, 2)], [8])[0]]
+    _, scores, _, _ = select_topk(cls, reg, ctr, points, torch.tensor([[100, 100]]),
+                                  score_thr=at, static_shapes=static_shapes)
+    assert (scores[0] > 0).sum() == 1
+    torch.testing.assert_close(scores[0, 0], torch.tensor(0.3))
+
+
+def test_a_score_a_few_ulps_above_the_threshold_is_kept_by_the_sparse_path():
+    # the point prefilter's margin must not drop a pair whose score is above score_thr by less
+    # than 1e-5 relative (the dense path keeps it)
+    s0 = torch.tensor([0.3, 0.2]).view(1, 1, 1, 2)
+    cls, reg, ctr = make_maps([s0])
+    score = (torch.sigmoid(cls[0]) * torch.sigmoid(ctr[0]))[0, 0, 0, 1].item()
+    thr = score * (1 - 3e-6)
+    points = [level_points([(1, 2)], [8])[0]]
+    for static_shapes in (False, True):
+        _, scores, _, _ = select_topk(cls, reg, ctr, points, torch.tensor([[100, 100]]),
+                                      score_thr=thr, static_shapes=static_shapes)
+        assert (scores[0] > 0).sum() == 2
+
+
+def test_selection_defaults_are_the_recipe():
+    import inspect
+
+    params = inspect.signature(select_topk).parameters
+    assert (params["score_thr"].default, params["nms_pre"].default,
+            params["max_per_img"].default) == (0.05, 1000, 100)

@@ -39,7 +39,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from o2f.data.errors import DataError
+from o2f.data.errors import DataError, report_records
 
 logger = logging.getLogger(__name__)
 
@@ -240,20 +240,11 @@ def read_voc(
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": cat_of[obj["name"]], "bbox": [x1, y1, w, h],
                                 "area": w * h, "iscrowd": obj["difficult"]})
-    _report(path, "image(s) without a size, left out", no_size, strict)
-    _report(path, "object(s) left out", left_out, strict, f" (categories: {', '.join(cat_of)})")
+    report_records(str(path), "image(s) without a size, left out", no_size, strict, logger)
+    report_records(str(path), "object(s) left out", left_out, strict, logger,
+                   f" (categories: {', '.join(cat_of)})")
     if not images:
         raise DataError(f"{path}: none of the {len(files)} annotation files has a usable image")
     return {"images": images, "annotations": annotations,
             "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
             }, images_dir
-
-
-def _report(path: Path, what: str, items: list[str], strict: bool, extra: str = "") -> None:
-    if not items:
-        return
-    shown = "; ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-    msg = f"{path}: {len(items)} {what}: {shown}{extra}"
-    if strict:
-        raise DataError(msg + " (data.strict=true)")
-    logger.warning(msg)

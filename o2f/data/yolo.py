@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from o2f.data.errors import DataError
+from o2f.data.errors import DataError, report_records
 
 logger = logging.getLogger(__name__)
 
@@ -287,21 +287,12 @@ def read_yolo(
         dropped += bad
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-    _report(path, split, "image(s) whose size cannot be read, left out", unreadable, strict)
-    _report(path, split, "label(s) not used", dropped, strict)
+    report_records(f"{path}: {split}", "image(s) whose size cannot be read, left out",
+                   unreadable, strict, logger)
+    report_records(f"{path}: {split}", "label(s) not used", dropped, strict, logger)
     if not images:
         raise DataError(f"{path}: {split}: none of the {len(files)} images can be read")
     return {"images": images, "annotations": annotations, "categories": categories}, base
-
-
-def _report(path: Path, split: str, what: str, items: list[str], strict: bool) -> None:
-    if not items:
-        return
-    shown = "; ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-    msg = f"{path}: {split}: {len(items)} {what}: {shown}"
-    if strict:
-        raise DataError(msg + " (data.strict=true)")
-    logger.warning(msg)
 
 
 def _common_root(root: Path, files: Sequence[Path]) -> Path:

@@ -1,5 +1,6 @@
 """Training augmentations for small data: random crop, colour jitter, repeats, aspect batches."""
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -45,6 +46,53 @@ def test_crop_clips_shifts_and_drops_boxes_by_visible_area():
     assert out["labels"].tolist() == [0, 1]
     assert out["masks"].shape == (2, 50, 70)
     assert out["masks"][1].sum() == 20 * 20  # the visible part of box 1's mask
+
+
+def test_crop_clips_on_all_four_sides_and_keeps_the_min_visible_boundary():
+    # window top 15, left 20, 40 x 50 (rows 15..55, columns 20..70) of a 100 x 80 image
+    image, target = _sample()
+    target["boxes"] = torch.tensor([[10.0, 10, 40, 30],    # cut on the left and top: 50% left
+                                    [60.0, 20, 85, 30],    # 10 of 25 px wide: exactly 40%
+                                    [60.0, 40, 80, 70],    # cut on the right and bottom: 25%
+                                    [30.0, 30, 40, 40]])   # inside
+    target["labels"] = torch.tensor([0, 1, 2, 3])
+    del target["masks"]
+    crop = _FixedWindow((15, 20, 40, 50), min_visible=0.4)
+    out_img, out = crop(image, target)
+    assert out_img.shape == (3, 40, 50)
+    assert torch.equal(out_img, image[:, 15:55, 20:70])
+    assert out["labels"].tolist() == [0, 1, 3]
+    assert torch.equal(out["boxes"], torch.tensor([[0.0, 0, 20, 15], [40.0, 5, 50, 15],
+                                                   [10.0, 15, 20, 25]]))
+    assert tuple(out["boxes"].canvas_size) == (40, 50)
+
+
+def test_crop_keeps_a_box_one_pixel_wide_and_drops_a_thinner_one():
+    image, target = _sample()
+    target["boxes"] = torch.tensor([[69.0, 20, 75, 40],    # 1 px visible at the right edge
+                                    [10.0, 44.5, 30, 60]])  # 0.5 px visible at the bottom
+    target["labels"] = torch.tensor([0, 1])
+    del target["masks"]
+    _, out = _FixedWindow((0, 0, 45, 70), min_visible=0.0)(image, target)
+    assert out["labels"].tolist() == [0]
+    assert torch.equal(out["boxes"], torch.tensor([[69.0, 20, 70, 40]]))
+
+
+def test_random_crops_of_a_wide_image_stay_inside_it():
+    # 40 x 120 (h x w): every window and every kept box lies inside the image
+    h, w = 40, 120
+    image = torch.zeros(3, h, w, dtype=torch.uint8)
+    crop = RandomCropBoxes(p=1.0, min_scale=0.3, min_visible=0.0)
+    for seed in range(30):
+        torch.manual_seed(seed)
+        target = {"boxes": torch.tensor([[5.0, 5, 115, 35]]), "labels": torch.tensor([0])}
+        out_img, out = crop(image, target)
+        ch, cw = out_img.shape[-2:]
+        assert (ch, cw) != (h, w)  # cropped: the window kept part of the box
+        assert ch <= h and cw <= w and ch >= 0.3 * h - 1 and cw >= 0.3 * w - 1
+        b = out["boxes"]
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+        assert (b[:, 2] <= cw).all() and (b[:, 3] <= ch).all()
 
 
 def test_crop_min_visible_drops_mostly_cut_boxes():
@@ -124,3 +172,32 @@ def test_aspect_grouped_batches_are_pure_complete_and_counted():
     assert sorted(i for b in batches for i in b) == order
     batches = list(AspectGroupedBatchSampler([0, 1, 2, 4], landscape, 3))
     assert batches == [[0, 2, 1], [4]]  # leftovers: landscape first, then portrait
+
+
+def test_color_jitter_strength_reaches_each_factor():
+    cj = color_jitter(0.3)
+    for factor in (cj.brightness, cj.contrast, cj.saturation):
+        assert factor == pytest.approx((0.7, 1.3))
+    assert cj.hue == pytest.approx((-0.03, 0.03))
+    assert color_jitter(10.0).hue == pytest.approx((-0.5, 0.5))  # torchvision's limit
+
+
+def test_build_transforms_hands_every_setting_to_its_step():
+    crop, resize, flip, jitter = build_transforms(True, 600, (300, 400), 0.25, 0.3, 0.7,
+                                                  0.2).transforms
+    assert (crop.p, crop.min_scale) == (0.3, 0.7)
+    assert (resize.max_size, resize.short_sizes) == (600, (300, 400))
+    assert flip.p == 0.25 and jitter.brightness == pytest.approx((0.8, 1.2))
+    assert [type(t).__name__ for t in build_transforms(True, 600, (300, 400), 0.0).transforms] \
+        == ["KeepRatioResize"]
+    (test_resize,) = build_transforms(False, 600, (350, 350), 0.5, 0.5).transforms
+    assert (test_resize.max_size, test_resize.short_sizes) == (600, (350, 350))
+
+
+def test_crop_keeps_a_box_one_pixel_high_and_drops_a_thinner_one():
+    image, target = _sample()
+    target["boxes"] = torch.tensor([[10.0, 44, 30, 60], [40.0, 44.5, 60, 60]])  # 1 / 0.5 px
+    target["labels"] = torch.tensor([0, 1])
+    del target["masks"]
+    _, out = _FixedWindow((0, 0, 45, 70), min_visible=0.0)(image, target)
+    assert out["labels"].tolist() == [0]

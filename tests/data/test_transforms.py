@@ -126,3 +126,13 @@ def test_steps_work_on_plain_tensors_outside_compose():
     out, t = KeepRatioResize(10, (5, 5))(image, target)  # already the right size
     torch.testing.assert_close(out, image)
     assert t["scale_factor"] == (1.0, 1.0)
+
+
+def test_scale_factors_of_two_resizes_compose():
+    # 200 x 100 -> short 50 (100 x 50): 0.5; then -> short 25 (50 x 25): 0.25 of the original,
+    # which is what maps the detections back to the original image
+    image, target = _sample(200, 100, [[20, 10, 60, 30]])
+    out, t = Compose([KeepRatioResize(1000, (50, 50)), KeepRatioResize(1000, (25, 25))])(
+        image, target)
+    assert out.shape[-2:] == (25, 50) and t["scale_factor"] == (0.25, 0.25)
+    torch.testing.assert_close(t["boxes"], torch.tensor([[5.0, 2.5, 15.0, 7.5]]))

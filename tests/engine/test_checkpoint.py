@@ -68,3 +68,18 @@ def test_restore_and_mismatch_messages(tmp_path):
     with pytest.raises(CheckpointError, match=r"head.conv_cls.weight: checkpoint \(3, 64, 3, 3\) "
                        r"vs model \(5, 64, 3, 3\)"):
         detector_from_checkpoint(tmp_path / "bad.pth")
+
+
+def test_metrics_file_keeps_the_headline_keys_nan_as_zero_and_unreadable_images():
+    import math
+
+    from o2f.engine.evaluate import headline_keys, metrics_for_file
+
+    m = {"bbox_mAP": 0.5, "bbox_mAP_50": 0.7, "bbox_mAP_75": 0.4, "bbox_mAP_s": math.nan,
+         "bbox_mAP_m": 0.3, "bbox_mAP_l": 0.6, "dup_rate": 0.1, "other": 1.0}
+    assert headline_keys(m)[-1] == "dup_rate" and "other" not in headline_keys(m)
+    out = metrics_for_file({**m, "unreadable_images": 2})
+    assert out["bbox_mAP_s"] == 0.0 and out["dup_rate"] == 0.1 and out["unreadable_images"] == 2
+    assert "unreadable_images" not in metrics_for_file(m)
+    ch = {"AP": 0.9, "mMR": 0.4, "Recall": 0.95, "JI": 0.8}
+    assert set(headline_keys(ch)) >= {"AP", "mMR", "JI"}

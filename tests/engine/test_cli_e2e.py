@@ -26,6 +26,7 @@ def o2f(*args, launcher=(sys.executable, "-m", "o2f")):
     return proc
 
 
+@pytest.mark.slow
 def test_train_test_and_resume_through_the_cli(tiny_coco, tmp_path):
     work = tmp_path / "run"
     o2f("train", "demo", "--work-dir", work,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from o2f.data.crowdhuman import coco_to_odgt, read_odgt, write_odgt
 from tests.engine.conftest import tiny_overrides
 from tests.engine.test_cli_e2e import o2f
@@ -18,6 +20,7 @@ def to_odgt(coco_json, out, ignore_every=4):
     return out
 
 
+@pytest.mark.slow
 def test_crowdhuman_train_and_test(tiny_coco, tmp_path):
     train_odgt = to_odgt(tiny_coco["train_ann"], tmp_path / "annotation_train.odgt")
     val_odgt = to_odgt(tiny_coco["val_ann"], tmp_path / "annotation_val.odgt")

@@ -138,6 +138,7 @@ def _first_image(ann_file: str, img_dir: str) -> tuple[int, str]:
     return img["id"], str(Path(img_dir) / img["file_name"])
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_counted_in_training_and_evaluation_or_fail_in_strict_mode(
         tiny_coco, tmp_path):
     paths = _copy_dataset(tiny_coco, tmp_path / "data")

@@ -34,6 +34,7 @@ def _table_names(stdout: str) -> list[str]:
     return [r.split("|")[1].strip() for r in rows[2:]]  # after the header and the ---
 
 
+@pytest.mark.slow
 def test_train_small_and_test_on_a_yolo_data_yaml(tmp_path):
     yaml_path = make_yolo(tmp_path / "yolo")
     work = tmp_path / "work"
@@ -50,6 +51,7 @@ def test_train_small_and_test_on_a_yolo_data_yaml(tmp_path):
     assert {d["image_id"] for d in dets} == {1, 2}  # the two val images
 
 
+@pytest.mark.slow
 def test_train_small_and_test_on_pascal_voc_xml(tmp_path):
     ann, img = make_voc(tmp_path / "train", num=4)
     val_ann, _ = make_voc(tmp_path / "val", num=2)
@@ -66,6 +68,7 @@ def test_train_small_and_test_on_pascal_voc_xml(tmp_path):
     assert 0 <= json.loads(metrics.read_text())["bbox_mAP"] <= 1
 
 
+@pytest.mark.slow
 def test_a_typod_key_is_one_error_line_and_exit_2(tmp_path):
     proc = o2f("train", "small", "--work-dir", tmp_path, "data.batchsize=2", check=False)
     assert proc.returncode == 2

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from pycocotools import mask as mask_utils
 
 from o2f.engine.checkpoint import load_checkpoint
@@ -12,6 +13,7 @@ from tests.engine.test_cli_e2e import METRICS, assert_metrics_are_cocoeval_of_th
 SEGM = ["segm_mAP", "segm_mAP_50", "segm_mAP_75", "segm_mAP_s", "segm_mAP_m", "segm_mAP_l"]
 
 
+@pytest.mark.slow
 def test_train_test_and_predict_masks_through_the_cli(tiny_coco_masks, tmp_path):
     work = tmp_path / "run"
     o2f("train", "demo_mask", "--work-dir", work,

@@ -93,6 +93,7 @@ def runs(tiny_coco, tmp_path_factory):
             "init": init}
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_with_the_same_total_batch(runs):
     two, one = runs["two"], runs["one"]
     assert two["iteration"] == one["iteration"] == 3

@@ -69,10 +69,11 @@ def test_cosine_schedule_hand_computed_and_follows_the_run_length():
     assert s.factor(0, 0) == pytest.approx(0.001 * (0.05 + 0.95))  # warm-up start, cos = 1
     assert s.factor(500, 5) == pytest.approx(0.05 + 0.95 * 0.5)  # half way: cos(pi / 2) = 0
     assert s.factor(1000, 11) == pytest.approx(0.05)
+    assert s.factor(1500, 11) == pytest.approx(0.05)  # past the end: stays at the floor
     assert s.factor(750, 0) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(0.75 * math.pi)))
     # The epoch does not matter, only the fraction of the run: twice the iterations, same curve.
     assert LRSchedule(cfg, total_iters=2000).factor(1000, 0) == pytest.approx(s.factor(500, 9))
-    with pytest.raises(ValueError, match="total number of iterations"):
+    with pytest.raises(ValueError, match="optim.schedule=cosine needs the total number of iter"):
         LRSchedule(cfg)
 
 
@@ -87,3 +88,17 @@ def test_trainer_gives_the_schedule_the_whole_run(tmp_path, tiny_coco):
     assert trainer.schedule.total_iters == 9
     batches = [b for b in trainer.loader.batch_sampler]
     assert sorted(i for b in batches for i, _seed in b) == list(range(12))  # (index, seed)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_build_optimizer_makes_the_named_optimiser_with_its_settings(name):
+    cfg = small_cfg(f"optim.name={name}", "optim.momentum=0.8", "optim.betas=[0.85,0.99]",
+                    "optim.lr=0.01", "optim.base_batch_size=16")
+    model = build_detector(cfg, 2)
+    opt = build_optimizer(model, cfg.optim, 32)  # twice the base batch: lr 0.02
+    if name == "sgd":
+        assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.8
+    else:
+        assert type(opt) is torch.optim.AdamW and opt.defaults["betas"] == (0.85, 0.99)
+    assert opt.defaults["lr"] == pytest.approx(0.02)
+    assert all(g["lr"] == pytest.approx(0.02) for g in opt.param_groups)

@@ -124,6 +124,7 @@ def test_the_schedule_and_a_new_base_lr_keep_the_bias_multiplier():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.005 * 0.01)  # x0.1 twice
     set_base_lr(opt, 0.01)
     assert [g["initial_lr"] for g in opt.param_groups] == [0.01, 0.01, 0.02]
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01, 0.02]
     schedule.apply(opt, 10**5, 8)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.001, 0.002])
 
@@ -151,3 +152,11 @@ def test_bias_multipliers_are_validated():
         load_config(None, ["optim.bias_lr_mult=0"])
     with pytest.raises(ConfigError, match="optim.bias_decay_mult"):
         load_config(None, ["optim.bias_decay_mult=-1"])
+
+
+@pytest.mark.parametrize("lr_mult, decay_mult", [(2.0, 1.0), (1.0, 0.0)])
+def test_either_bias_multiplier_alone_makes_the_bias_group(lr_mult, decay_mult):
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.GroupNorm(1, 2))
+    groups = param_groups(model, 0.1, 0.0, lr_mult, decay_mult)
+    assert [g["names"] for g in groups] == [["0.weight"], ["1.weight", "1.bias"], ["0.bias"]]
+    assert groups[2]["lr_mult"] == lr_mult and groups[2]["weight_decay"] == 0.1 * decay_mult
