@@ -138,6 +138,23 @@ def f1_table(detections: Mapping[int, Mapping[str, Tensor]],
     return {"precision": p, "recall": r, "f1": f, "class_f1": class_f1, "num_gt": num_gt}
 
 
+def best_f1_of(table: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """(best F1, its score threshold) of an :func:`f1_table`; among equal F1 the highest
+    threshold."""
+    best = int(np.flatnonzero(table["f1"] == table["f1"].max())[-1])
+    return float(table["f1"][best]), float(THRESHOLDS[best])
+
+
+def best_f1_threshold(dataset: Any,
+                      detections: Mapping[int, Mapping[str, Tensor]]) -> tuple[float, float]:
+    """(best F1, its score threshold) of ``detections`` (image id -> ``boxes``, ``scores``,
+    ``labels``, as ``o2f.engine.evaluate.run_inference`` gives them) against ``dataset``'s
+    ground truth: the operating point a deployment would pick."""
+    gts = _ground_truth(dataset)
+    table = f1_table({i: detections[i] for i in gts}, gts, len(dataset.class_names))
+    return best_f1_of(table)
+
+
 def confusion_matrix(detections: Mapping[int, Mapping[str, Tensor]],
                      gts: Mapping[int, Mapping[str, Tensor]], num_classes: int,
                      score_thr: float) -> np.ndarray:
@@ -387,8 +404,7 @@ def write_evaluation_plots(
         ap = plot_pr_curves(details, names, out / "pr_curves.png")
         files.append("pr_curves.png")
     table = f1_table(dets, gts, len(names))
-    best = int(np.flatnonzero(table["f1"] == table["f1"].max())[-1])  # highest such threshold
-    best_f1, best_thr = float(table["f1"][best]), float(THRESHOLDS[best])
+    best_f1, best_thr = best_f1_of(table)
     plot_f1_curve(table, names, out / "f1_curve.png", (best_f1, best_thr))
     thr = best_thr if score_thr is None else float(score_thr)
     plot_confusion_matrix(confusion_matrix(dets, gts, len(names), thr), names,

@@ -50,3 +50,9 @@ def test_skip_mode_counts_skipped_steps(tiny_coco, tmp_path):
     assert state["skipped_steps"] == 1 and state["iteration"] == 2
     changed = [k for k, v in state["model"].items() if not torch.equal(v, before[k])]
     assert changed  # the good step still trained
+    # the epoch's mean loss terms are over the steps taken (the one good step), not over
+    # both iterations; with log_interval 1 that step is the one logged record
+    assert len(trainer.curve) == 1 and len(trainer.history) == 1
+    for term in ("loss_cls", "loss_bbox"):
+        assert trainer.history[0][term] == pytest.approx(trainer.curve[0][term], rel=1e-9)
+        assert trainer.history[0][term] > 0

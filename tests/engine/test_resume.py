@@ -52,3 +52,16 @@ def test_resume_with_persistent_workers_reproduces_the_uninterrupted_run(tiny_co
     resumed = run(tiny_coco, tmp_path / "resumed", 2, True, *extra)
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_resume_reseeds_the_random_draws_of_each_epoch(tiny_coco_masks, tmp_path):
+    """The mask loss samples its points at random (model.mask.max_proposals): each epoch
+    seeds torch's generator from (seed, rank, epoch), so a resumed run draws what the
+    uninterrupted run drew and ends with the same weights."""
+    masks = ("model.mask.enabled=true", "model.mask.max_proposals=3")
+    straight = run(tiny_coco_masks, tmp_path / "straight", 2, False, *masks)
+    run(tiny_coco_masks, tmp_path / "resumed", 1, False, *masks)
+    resumed = run(tiny_coco_masks, tmp_path / "resumed", 2, True, *masks)
+    assert resumed["iteration"] == straight["iteration"] == 4
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

@@ -69,6 +69,28 @@ def test_patience_stops_after_that_many_validations_without_improvement(
                                                                "last.pth"]
 
 
+def test_an_improvement_restarts_the_patience_count(tiny_coco, tmp_path, monkeypatch):
+    # never two validations in a row without improvement: patience 2 never stops the run
+    scripted_validation(monkeypatch, [0.1, 0.05, 0.2, 0.15, 0.3])
+    make_trainer(tiny_coco, tmp_path, 5, "train.patience=2").run()
+    metrics = read_json(tmp_path / "metrics.json")
+    assert metrics["epochs"] == 5 and metrics["stopped_early"] is False
+    assert metrics["best_epoch"] == 5
+
+
+def test_an_equal_ap_is_no_improvement(tiny_coco, tmp_path, monkeypatch):
+    """A plateau (here AP 0.0 every epoch, as often early on with little data) does not
+    move best.pth nor reset the patience count: training stops after `patience` epochs, and
+    the stopped epoch is saved as last.pth even off the checkpoint interval."""
+    scripted_validation(monkeypatch, [0.0, 0.0, 0.0, 0.0, 0.0])
+    make_trainer(tiny_coco, tmp_path, 5, "train.patience=2",
+                 "train.checkpoint_interval=10").run()
+    metrics = read_json(tmp_path / "metrics.json")
+    assert metrics["best_epoch"] == 1 and metrics["stopped_epoch"] == 3
+    assert load_checkpoint(tmp_path / "best.pth")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 3
+
+
 def test_resume_continues_the_best_and_the_patience_count(tiny_coco, tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [0.3, 0.1, 0.2, 0.4])
     make_trainer(tiny_coco, tmp_path, 1, "train.patience=2").run()
