@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def run_mutant(index: int, tests: list[str], timeout: float) -> dict:
             raise SystemExit(f"mutant {index}: the snippet occurs {text.count(old)} times in "
                              f"{path} (expected once): {old!r}")
         (copy / path).write_text(text.replace(old, new))
-        env = {"PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+        env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
