@@ -4,29 +4,20 @@ run against the tests in a fresh copy of the project: every one must make a test
     python tests/engine/mutants_trainer.py                # all, against tests/engine (not slow)
     python tests/engine/mutants_trainer.py --only 3 8 --tests tests/engine/test_resume.py
 
-Each mutant replaces one exact snippet of a file (it must occur once); a test run that exceeds
-``--timeout`` counts as killed (a hang, as CI would time out). Prints one JSON line per mutant
-and the survivors at the end. Not collected by pytest (no ``test_`` prefix); results and the
-one equivalent survivor: docs/testing.md.
+The runner (one exact snippet replaced per mutant, timeouts counted as killed, ``--check``):
+``tests/planted_bugs.py``. Results and the one equivalent survivor: docs/testing.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SKIP_TOP = {".venv", ".git", "data", "work_dirs", "mutants"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests import planted_bugs  # noqa: E402
 
 # (file, snippet, replacement)
-MUTANTS: list[tuple[str, str, str]] = [
+MUTANTS: list[planted_bugs.Mutant] = [
     ('o2f/engine/train.py',
      '        self.model.set_epoch(epoch, cfg.train.epochs)\n',
      ''),
@@ -150,53 +141,9 @@ MUTANTS: list[tuple[str, str, str]] = [
 ]
 
 
-def _copy_project(dest: Path) -> None:
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        top = Path(folder) == ROOT
-        return [n for n in names if (top and n in SKIP_TOP) or n == "__pycache__"]
-
-    shutil.copytree(ROOT, dest, ignore=ignore)
-
-
-def run_mutant(index: int, tests: list[str], timeout: float) -> dict:
-    """Apply mutant ``index`` in a temporary copy and run ``tests`` there (one thread)."""
-    path, old, new = MUTANTS[index]
-    with tempfile.TemporaryDirectory(prefix="o2f-mutant-") as tmp:
-        copy = Path(tmp) / "o2f"
-        _copy_project(copy)
-        text = (copy / path).read_text()
-        if text.count(old) != 1:
-            raise SystemExit(f"mutant {index}: the snippet occurs {text.count(old)} times in "
-                             f"{path} (expected once): {old!r}")
-        (copy / path).write_text(text.replace(old, new))
-        env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1"}
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                                   "no:cacheprovider", *tests], cwd=copy, env=env,
-                                  capture_output=True, text=True, timeout=timeout)
-            killed, tail = proc.returncode != 0, proc.stdout.strip().splitlines()[-1:]
-        except subprocess.TimeoutExpired:
-            killed, tail = True, [f"timed out after {timeout:.0f} s"]
-    return {"mutant": index, "file": path, "snippet": old.strip()[:80], "killed": killed,
-            "seconds": round(time.perf_counter() - start), "result": tail}
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", type=int, nargs="+", default=None, help="mutant indices")
-    p.add_argument("--tests", nargs="+", default=["tests/engine", "tests/test_learning.py",
-                                                  "-m", "not slow"])
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant")
-    args = p.parse_args(argv)
-    survivors = []
-    for index in args.only if args.only is not None else range(len(MUTANTS)):
-        row = run_mutant(index, args.tests, args.timeout)
-        print(json.dumps(row), flush=True)
-        if not row["killed"]:
-            survivors.append(index)
-    print(f"survivors: {survivors}")
-    return 0
+    return planted_bugs.main(MUTANTS, ["tests/engine", "tests/test_learning.py", "-m", "not slow"],
+                             __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":
