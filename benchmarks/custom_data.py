@@ -37,7 +37,8 @@ split with and without NMS:
   ``benchmarks/nms_free.py`` trains them (``run_assigner``: the assigner's own GIoU weight from
   ``o2f.criterion.RECIPE_BBOX_WEIGHT``, class-wise NMS at ``test.nms_iou``);
 - ``tv_fcos``: torchvision's FCOS (``benchmarks/tv_fcos.py``) with the config's backbone depth,
-  FPN width, input sizes, batch, warm-up and decay points, SGD at lr 0.01 per 8 images.
+  FPN width, input sizes, batch, warm-up and decay points, SGD at lr 0.01 per 8 images, for
+  ``data.repeat`` x the epochs (its loop makes one pass per epoch): the same iterations.
 
 ``--epochs E`` sets ``train.epochs`` and moves the config's ``optim.steps`` to the same
 fractions of E (unless ``--set optim.steps=...``). It prints one JSON line per (system, nms)
@@ -713,15 +714,20 @@ def run_tv_fcos(args: argparse.Namespace, paths: dict[str, Path]) -> list[dict[s
                             iters_per_epoch=args.iters_per_epoch, set=_run_overrides(args))
     cfg = load_config(args.config, overrides_for("o2f", ns, paths))
     lo, hi = cfg.data.train_short
+    # An o2f epoch is data.repeat passes over the images; torchvision's loop makes one pass
+    # per epoch, so it runs repeat x the epochs: the same iterations as the o2f systems.
+    passes = max(1, cfg.data.repeat)
+    cap = cfg.train.max_iters_per_epoch
     r = tv_fcos.train_and_evaluate(
         paths, depth=cfg.model.backbone.depth, fpn_channels=cfg.model.fpn.channels,
         num_convs=args.tv_num_convs, min_size=tuple(range(lo, hi + 1)),
-        max_size=cfg.data.max_size, test_size=cfg.data.test_short, epochs=cfg.train.epochs,
+        max_size=cfg.data.max_size, test_size=cfg.data.test_short,
+        epochs=cfg.train.epochs * passes,
         batch_size=cfg.data.batch_size, lr=0.01 * cfg.data.batch_size / 8,
         warmup_iters=cfg.optim.warmup_iters, warmup_ratio=cfg.optim.warmup_ratio,
         step_fractions=[s / cfg.train.epochs for s in cfg.optim.steps],
         flip_prob=cfg.data.flip_prob, workers=cfg.data.workers, seed=args.seed,
-        max_iters_per_epoch=cfg.train.max_iters_per_epoch)
+        max_iters_per_epoch=-(-cap // passes) if cap > 0 else 0)
     return [_row(args.family, "tv_fcos", nms, r["nms" if nms else "no_nms"],
                  train_s=r["train_s"], epochs=r["epochs"], iterations=r["iterations"],
                  num_train=r["num_train"], num_val=r["num_val"], config=args.config,

@@ -101,3 +101,35 @@ def test_run_tiny_side_by_side(tmp_path):
         for key in ("bbox_mAP", "bbox_mAP_50", "dup_rate"):
             assert math.isfinite(r[key]) and 0 <= r[key] <= 1, (r["system"], key, r[key])
         assert r["train_s"] > 0
+
+
+@pytest.mark.parametrize("overrides, epochs, decays, cap", [
+    ([], 24, [18, 24], 0),  # small: two passes per epoch, decays at 9/12 and 12/12 of the run
+    (["data.repeat=1", "train.max_iters_per_epoch=5"], 12, [9, 12], 5),
+    (["train.max_iters_per_epoch=5"], 24, [18, 24], 3),  # 5 per two-pass epoch -> 3 per pass
+])
+def test_torchvision_fcos_gets_the_iterations_of_the_o2f_systems(monkeypatch, tmp_path,
+                                                                 overrides, epochs, decays, cap):
+    """`small` makes data.repeat passes per epoch; torchvision's loop one: it must run
+    repeat x the epochs, its decays at the same fractions of the run, for equal iterations."""
+    import argparse
+
+    from benchmarks import custom_data, tv_fcos
+
+    seen = {}
+
+    def fake(paths, **kw):
+        seen.update(kw)
+        metrics = {"bbox_mAP": 0.0, "bbox_mAP_50": 0.0, "dup_rate": 0.0, "dets_per_img": 0.0}
+        return {"nms": metrics, "no_nms": metrics, "train_s": 1.0, "iterations": 0,
+                "epochs": kw["epochs"], "num_train": 1, "num_val": 1, "device": "cpu"}
+
+    monkeypatch.setattr(tv_fcos, "train_and_evaluate", fake)
+    paths = {k: tmp_path / k for k in ("train_ann", "train_images", "val_ann", "val_images")}
+    args = argparse.Namespace(family="clutter", config="small", seed=0, epochs=12,
+                              iters_per_epoch=None, set=overrides, tv_num_convs=4)
+    rows = custom_data.run_tv_fcos(args, paths)
+    assert seen["epochs"] == epochs and [r["epochs"] for r in rows] == [epochs, epochs]
+    assert tv_fcos.decay_epochs(seen["step_fractions"], seen["epochs"]) == decays
+    assert seen["max_iters_per_epoch"] == cap
+    assert (seen["batch_size"], seen["warmup_iters"]) == (8, 200)
