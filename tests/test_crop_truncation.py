@@ -33,3 +33,9 @@ def test_an_object_filling_the_image_is_cut_by_almost_every_crop(tmp_path):
     assert s["at_border"] == 1.0
     assert s["dropped"] == 0.0  # a window that would hide 60% of it is redrawn, never kept
     assert s["cut"] > 0.9
+
+
+def test_boxes_on_the_right_and_bottom_edges_count_as_at_the_border(tmp_path):
+    ann = _write(tmp_path / "a.json", [[80, 40, 20, 20], [40, 80, 20, 20], [40, 40, 20, 20]])
+    s = crop_statistics(ann, min_scale=1.0, draws=1, seed=0)
+    assert s["at_border"] == pytest.approx(2 / 3)
